@@ -1,0 +1,3 @@
+"""losslab.diagnostics (see the package docstring of losslab)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""losslab.optim (see the package docstring of losslab)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""losslab.report (see the package docstring of losslab)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""losslab.stability (see the package docstring of losslab)."""
+
+__all__: list[str] = []

@@ -1,0 +1,34 @@
+"""Shared fixtures: paths to the repository, to ../shared/data, and a CLI runner in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data, or skip the test with a clear message when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m losslab ARGS`` from this checkout's src/ in a child process."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), LOSSLAB_QUIET="1", MPLBACKEND="Agg")
+    return subprocess.run(
+        [sys.executable, "-m", "losslab", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli
