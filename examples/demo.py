@@ -6,6 +6,7 @@ Each part is a function in this file; run ``python examples/demo.py --out DIR``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from pathlib import Path
 
@@ -35,13 +36,29 @@ def schedules_part(out: Path) -> str:
     return f"schedules: {len(specs)} schedules plotted to schedules.png"
 
 
+PARTS = ("demo_forecast", "demo_monitor")  # examples/<part>.py, each defining run(out, quiet) -> str
+
+
+def run_part(name: str, out: Path, quiet: bool) -> str:
+    path = Path(__file__).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module.run(out, quiet=quiet))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
+    parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     lines = [schedules_part(args.out)]
+    for name in PARTS:
+        if Path(__file__).with_name(f"{name}.py").exists():
+            lines.append(run_part(name, args.out, args.quiet))
     lines.append(f"done in {time.perf_counter() - start:.1f} s; outputs in {args.out}/")
     summary = "\n".join(lines)
     (args.out / "summary.txt").write_text(summary + "\n")
