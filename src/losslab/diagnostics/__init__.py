@@ -9,8 +9,20 @@ routine takes ``seed=`` (an int or a :class:`torch.Generator`; the global RNG is
 - Landscapes: :func:`random_direction`, :func:`hessian_directions`, :func:`loss_line`, :func:`loss_plane`,
   :func:`linear_interpolation`, :func:`layerwise_barriers`, :func:`sample_size_loss_change`.
 - Sharpness: :class:`SharpnessTracker`, :func:`stability_threshold`, :func:`adam_preconditioned_sharpness`.
+- Plasticity (each name says exactly what is computed): :func:`dead_units`, :func:`dormant_units`,
+  :func:`redo_dormant_units`, :func:`effective_rank`, :func:`srank`, :func:`feature_norm`,
+  :func:`weight_magnitude`, :func:`gradient_covariance`, :func:`collect_features`, :func:`plasticity_report`.
+- Continual learning: :func:`l2_init_penalty`, :func:`wasserstein_init_penalty`, :class:`SpectralRegularizer`,
+  :class:`ContinualBackprop`.
+- Probes: :func:`input_sensitivity`, :func:`tangent_alignment`, :func:`empirical_ntk`, :func:`kernel_distance`.
 """
 
+from losslab.diagnostics._continual import (
+    ContinualBackprop,
+    SpectralRegularizer,
+    l2_init_penalty,
+    wasserstein_init_penalty,
+)
 from losslab.diagnostics._density import (
     ClassSpectrum,
     SpectralDensity,
@@ -35,6 +47,26 @@ from losslab.diagnostics._landscape import (
     loss_plane,
     random_direction,
 )
+from losslab.diagnostics._plasticity import (
+    GradientCovariance,
+    collect_features,
+    dead_units,
+    dormant_units,
+    effective_rank,
+    feature_norm,
+    gradient_covariance,
+    plasticity_report,
+    redo_dormant_units,
+    srank,
+    weight_magnitude,
+)
+from losslab.diagnostics._probes import (
+    InputSensitivity,
+    empirical_ntk,
+    input_sensitivity,
+    kernel_distance,
+    tangent_alignment,
+)
 from losslab.diagnostics._sharpness import (
     SharpnessRecord,
     SharpnessTracker,
@@ -44,8 +76,11 @@ from losslab.diagnostics._sharpness import (
 
 __all__ = [
     "ClassSpectrum",
+    "ContinualBackprop",
     "EigenResult",
+    "GradientCovariance",
     "HessianOperator",
+    "InputSensitivity",
     "Interpolation",
     "LossLandscape",
     "MatrixOperator",
@@ -53,22 +88,39 @@ __all__ = [
     "SharpnessRecord",
     "SharpnessTracker",
     "SpectralDensity",
+    "SpectralRegularizer",
     "TraceResult",
     "adam_preconditioned_sharpness",
     "as_operator",
     "classwise_spectra",
+    "collect_features",
+    "dead_units",
+    "dormant_units",
+    "effective_rank",
+    "empirical_ntk",
+    "feature_norm",
+    "gradient_covariance",
     "hessian_directions",
     "hutchinson_trace",
     "hvp",
+    "input_sensitivity",
+    "kernel_distance",
+    "l2_init_penalty",
     "lanczos",
     "lanczos_tridiagonal",
     "layerwise_barriers",
     "linear_interpolation",
     "loss_line",
     "loss_plane",
+    "plasticity_report",
     "power_iteration",
     "random_direction",
+    "redo_dormant_units",
     "sample_size_loss_change",
     "spectral_density",
+    "srank",
     "stability_threshold",
+    "tangent_alignment",
+    "wasserstein_init_penalty",
+    "weight_magnitude",
 ]
