@@ -165,7 +165,7 @@ def test_cbp_probability_branch_state_roundtrip_and_bad_inputs():
     assert cbp2.step() == first
     with pytest.raises(DataError, match="forward pass"):
         cbp2.step()
-    with pytest.raises(ConfigError, match="nn.Linear"):
+    with pytest.raises(ConfigError, match=r"nn\.Linear"):
         ContinualBackprop([net[0]])
     with pytest.raises(ConfigError, match="chain"):
         ContinualBackprop([net[0], net[4]])

@@ -158,5 +158,5 @@ def test_bad_inputs_plasticity():
         collect_features(model, torch.ones(0, 3, dtype=torch.float64))
     with pytest.raises(DataError, match="one loss per example"):
         gradient_covariance(model, lambda m, b: m(b).sum(), torch.ones(2, 3, dtype=torch.float64))
-    with pytest.raises(ConfigError, match="nn.Module"):
+    with pytest.raises(ConfigError, match=r"nn\.Module"):
         weight_magnitude("model")
