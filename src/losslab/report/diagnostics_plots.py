@@ -106,7 +106,7 @@ def plot_interpolation(interp: Any, *, title: str = "Linear interpolation betwee
     ax.plot(a, losses, marker="o", ms=3, label="loss")
     ax.plot(a, chord, ls="--", color="grey", label="chord")
     k = int(np.argmax(losses - chord))
-    ax.annotate(f"barrier {interp.barrier:.3g}", (a[k], losses[k]), textcoords="offset points", xytext=(5, 8))
+    ax.annotate(f"barrier {interp.barrier:.3g}", (a[k], losses[k]), textcoords="offset points", xytext=(10, -14))
     ax.set_xlabel(r"$\alpha$")
     ax.set_ylabel("loss")
     ax.set_title(title)
