@@ -78,7 +78,7 @@ def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
 
 
 def check_batch(batch: Any) -> None:
-    """Raise :class:`DataError` when the batch is empty (an empty container or a tensor with no rows)."""
+    """Raise :class:`DataError` when the batch is empty (container or tensor with no rows) or holds NaN/Inf."""
     if isinstance(batch, (list, tuple, dict)) and len(batch) == 0:
         raise DataError("the batch is an empty container; pass the inputs (and targets) the loss function expects")
     for t in iter_tensors(batch):
@@ -86,6 +86,11 @@ def check_batch(batch: Any) -> None:
             raise DataError(
                 f"the batch holds a tensor with 0 rows (shape {tuple(t.shape)}); a loss over no samples is undefined, "
                 "pass at least one sample"
+            )
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            raise DataError(
+                f"the batch holds non-finite (NaN/Inf) values in a tensor of shape {tuple(t.shape)}; the loss and "
+                "its derivatives would be meaningless — drop or repair those samples first"
             )
 
 

@@ -92,6 +92,8 @@ class HessianOperator:
         self._grads = [torch.zeros_like(t) if g is None else g for t, g in zip(self._leaves, grads)]
         self._flat_grad = flatten(self._grads)
         self.grad = self._flat_grad.detach().clone()
+        if not bool(torch.isfinite(self.grad).all()):
+            raise DataError("the gradient of the loss has NaN/Inf entries (overflow?); curvature is undefined there")
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """:math:`Hv` for a flat vector ``v`` of length ``n`` (returned in float64)."""
