@@ -119,6 +119,8 @@ def test_bad_inputs_give_one_line_and_exit_2(workdir, capsys):
         assert message in err, (message, err)
     code, _, err = _run(capsys, "diagnose", "landscape", "--checkpoint", ck, "--loss-fn", mf, "--steps", "1")
     assert code == 2 and "--steps" in err
+    code, _, err = _run(capsys, "diagnose")  # no diagnostic named: usage on stderr, exit 2
+    assert code == 2 and "hessian" in err and "landscape" in err
 
 
 @pytest.mark.slow

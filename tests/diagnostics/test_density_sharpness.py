@@ -154,6 +154,31 @@ def test_tracker_records_thresholds_for_sgd_and_state_roundtrip():
     assert torch.equal(t2._gen.get_state(), tracker._gen.get_state())
 
 
+def test_tracker_rules_for_other_optimizers_and_amsgrad():
+    model, batch = tiny_mlp(), regression_batch()
+    rms = torch.optim.RMSprop(model.parameters(), lr=0.01, momentum=0.9)
+    rec = SharpnessTracker(mse, batch, optimizer=rms)(model, 0)
+    assert rec.rule == "unsupported" and rec.threshold is None and rec.ratio is None and rec.sharpness > 0
+    nest = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5, nesterov=True)
+    rec = SharpnessTracker(mse, batch, optimizer=nest)(model, 0)
+    assert rec.rule == "nesterov" and rec.threshold == pytest.approx(3.0 / (2.0 * 0.1))
+    assert rec.to_dict()["rule"] == "nesterov"
+    with pytest.raises(ConfigError, match="dampening"):
+        SharpnessTracker(mse, batch, optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
+                                                               dampening=0.1))
+    ams = torch.optim.Adam(model.parameters(), lr=0.01, amsgrad=True)
+    for _ in range(2):
+        ams.zero_grad()
+        mse(model, batch).backward()
+        ams.step()
+    H = dense_hessian(model, mse, batch)
+    vmax = torch.cat([ams.state[p]["max_exp_avg_sq"].reshape(-1) / (1 - 0.999 ** 2) for p in model.parameters()])
+    P = torch.diag((vmax.sqrt() + 1e-8) / 0.01)
+    expected = float(torch.linalg.eigvals(torch.linalg.solve(P, H)).real.max())
+    rec = SharpnessTracker(mse, batch, optimizer=ams, tol=1e-12, max_iter=200)(model, 0)
+    assert rec.preconditioned == pytest.approx(expected, rel=1e-6)
+
+
 def test_edge_crossings():
     tracker = SharpnessTracker(mse, regression_batch(), every=1)
     from losslab.diagnostics import SharpnessRecord

@@ -83,11 +83,12 @@ def _adam_settings(optimizer: torch.optim.Optimizer, names: list[str], model: nn
         if g is None:
             raise ConfigError(f"parameter {n!r} is not handled by the optimizer; pass the optimizer of this model")
         state = optimizer.state.get(p, {})
-        if "exp_avg_sq" not in state:
+        key = "max_exp_avg_sq" if g.get("amsgrad", False) else "exp_avg_sq"
+        if key not in state:
             return None
         b1, b2 = g["betas"]
         step = float(state["step"])
-        vhat = state["exp_avg_sq"].detach().to(torch.float64) / (1 - b2 ** step)
+        vhat = state[key].detach().to(torch.float64) / (1 - b2 ** step)
         pieces.append((g["lr"] / (vhat.sqrt() + g["eps"])).reshape(-1))
         beta1, lr = float(b1), float(g["lr"])
     assert beta1 is not None and lr is not None
@@ -156,6 +157,10 @@ class SharpnessRecord:
     lr: float | None
     n_matvec: int
 
+    def to_dict(self) -> dict[str, Any]:
+        """A flat dict (for a monitor sink or JSON)."""
+        return asdict(self)
+
 
 class SharpnessTracker:
     r"""Measure the sharpness every ``every`` steps from a plain training loop (a callback object).
@@ -172,7 +177,9 @@ class SharpnessTracker:
         batch: the fixed batch (Cohen et al. use the first 5000 training examples; a mini-batch sharpness differs
             from the full-batch one).
         every: measurement period in steps.
-        optimizer: optional ``torch.optim.SGD``, ``Adam`` or ``AdamW`` whose hyperparameters set the threshold.
+        optimizer: optional ``torch.optim.SGD`` (``dampening=0``), ``Adam`` or ``AdamW`` (``amsgrad`` uses
+            ``max_exp_avg_sq``) whose hyperparameters set the threshold; for any other optimizer the sharpness is
+            recorded with ``rule="unsupported"`` and no threshold.
         tol, max_iter: Lanczos settings.
         mode: model mode during the measurement (see :class:`HessianOperator`).
         seed: int or :class:`torch.Generator`.
@@ -209,6 +216,15 @@ class SharpnessTracker:
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise ConfigError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
+        self._family = "none"
+        if isinstance(optimizer, torch.optim.SGD):
+            if any(float(g.get("dampening", 0.0)) != 0.0 for g in optimizer.param_groups):
+                raise ConfigError("the SGD thresholds assume dampening=0; use torch.optim.SGD(..., dampening=0)")
+            self._family = "sgd"
+        elif isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+            self._family = "adam"
+        elif optimizer is not None:
+            self._family = "unsupported"  # the sharpness is still recorded, with threshold None
         self.tol = check_float(tol, "tol", low=0.0, low_open=True)
         self.max_iter = check_int(max_iter, "max_iter", low=1)
         self.mode = mode
@@ -231,21 +247,22 @@ class SharpnessTracker:
         if opt is not None:
             group = opt.param_groups[0]
             lr = float(group["lr"])
-            if "betas" in group:
+            if self._family == "adam":
                 rule = "adam"
                 settings = _adam_settings(opt, op.names, model)
                 if settings is not None:
                     d, beta1, _ = settings
                     pres = lanczos(_Preconditioned(op, d.to(op.device)), 1, which="LA", tol=self.tol,
                                    max_iter=min(self.max_iter, op.n), seed=self._gen)
-                    pre, threshold, cost = float(pres.eigenvalues[0]), (2 + 2 * beta1) / (1 - beta1), cost + pres.n_matvec
-            else:
+                    pre, threshold = float(pres.eigenvalues[0]), (2 + 2 * beta1) / (1 - beta1)
+                    cost += pres.n_matvec
+            elif self._family == "sgd":
                 beta = float(group.get("momentum", 0.0))
                 nesterov = bool(group.get("nesterov", False))
-                if float(group.get("dampening", 0.0)) != 0.0:
-                    raise ConfigError("the thresholds assume dampening=0; use torch.optim.SGD(..., dampening=0)")
                 rule = "nesterov" if nesterov else ("heavy-ball" if beta > 0 else "gd")
                 threshold = stability_threshold(lr, beta, nesterov=nesterov)
+            else:
+                rule = "unsupported"
         value = pre if rule == "adam" else sharp
         ratio = None if threshold is None or value is None else value / threshold
         rec = SharpnessRecord(step, op.loss, sharp, pre, threshold, ratio, rule, lr, cost)
