@@ -248,3 +248,18 @@ def test_bad_inputs_density_and_sharpness():
     d = spectral_density(H, 3)
     with pytest.raises(ConfigError, match="sigma"):
         d.density(sigma=-1.0)
+
+
+def test_lla_criteria_by_hand():
+    from losslab.diagnostics import SpectralDensity
+
+    d = SpectralDensity([np.array([-2.0, 1.0, 4.0]), np.array([-1.0, 3.0])],
+                        [np.array([0.25, 0.25, 0.5]), np.array([0.5, 0.5])], 3, 0)
+    out = d.lla_criteria(0.5)
+    neg = (2.0 * 0.25) ** 0.5 + (1.0 * 0.5) ** 0.5
+    pos = (1.0 * 0.25) ** 0.5 + (4.0 * 0.5) ** 0.5 + (3.0 * 0.5) ** 0.5
+    assert out["re"] == pytest.approx(0.5) and out["kh"] == pytest.approx(neg / pos)
+    psd = spectral_density(wishart(10, 20), 10)
+    assert psd.lla_criteria()["kh"] < 1e-3  # a PSD matrix has (almost) no negative mass
+    with pytest.raises(ConfigError, match="n must"):
+        d.lla_criteria(0.0)

@@ -161,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         if args.density_iter:
             dens = spectral_density(op, min(args.density_iter, op.n), args.density_vectors, seed=args.seed)
             payload["density"] = dens.to_dict()
+            crit = dens.lla_criteria()
+            payload["lla_criteria"] = {k: (v if v != float("inf") else None) for k, v in crit.items()}
             fig = plots.plot_spectral_density(dens, eigenvalues=eig.eigenvalues.tolist())
         payload["provenance"] = provenance(**settings)
         _write(out, "hessian", payload, fig)

@@ -137,6 +137,39 @@ class SpectralDensity:
             phi += (w[None, :] * np.exp(-0.5 * ((t[:, None] - nodes[None, :]) / s) ** 2)).sum(1)
         return t, phi / (len(self.nodes) * s * math.sqrt(2 * math.pi))
 
+    def lla_criteria(self, n: float = 0.5) -> dict[str, float]:
+        r"""LLA's Hessian criteria from the quadrature: ``re`` and ``Kh_n``.
+
+        :math:`re = |\theta_{\min}/\theta_{\max}|` over all nodes and
+        :math:`Kh_n = \sum_{\theta<0}|\theta\tau|^n / \sum_{\theta>0}(\theta\tau)^n` over every probe's nodes
+        :math:`\theta` and weights :math:`\tau` (``inf`` without positive nodes). Large values flag strong
+        negative curvature (saddle-like regions).
+
+        Args:
+            n: exponent (LLA's default "KH05" uses 0.5).
+
+        Returns:
+            ``{"re": ..., "kh": ...}``.
+
+        Example:
+            >>> import numpy as np
+            >>> d = SpectralDensity([np.array([-1.0, 4.0])], [np.array([0.5, 0.5])], 2, 0)
+            >>> d.lla_criteria(1.0)
+            {'re': 0.25, 'kh': 0.25}
+
+        References:
+            Gabdullin et al., "Loss Landscape Analysis", arXiv:2412.10146, 2024 (``hessian/viz.py::hessian_criteria``
+            in the authors' code, read for our research notes).
+        """
+        p = check_float(n, "n", low=0.0, low_open=True)
+        t = np.concatenate(self.nodes)
+        w = np.concatenate(self.weights)
+        lo, hi = float(t.min()), float(t.max())
+        re = abs(lo / hi) if hi != 0 else float("inf")
+        neg = float(np.sum(np.abs(t[t < 0] * w[t < 0]) ** p))
+        pos = float(np.sum((t[t > 0] * w[t > 0]) ** p))
+        return {"re": re, "kh": neg / pos if pos > 0 else float("inf")}
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready nodes and weights."""
         return {"n": self.n, "n_matvec": self.n_matvec, "nodes": [x.tolist() for x in self.nodes],

@@ -120,9 +120,11 @@ def plot_layerwise_barriers(barriers: Mapping[str, Any], *, title: str = "Layer-
     vals = [float(barriers[n].barrier) for n in names]
     fig = _figure(max(4.0, 0.5 * len(names) + 2), 4.0)
     ax = fig.add_subplot()
-    ax.bar(range(len(names)), vals, color=["C3" if v > 0 else "C0" for v in vals])
+    bars = ax.bar(range(len(names)), vals, color=["C3" if v > 0 else "C0" for v in vals])
+    ax.bar_label(bars, labels=[f"{v:.3g}" for v in vals], fontsize=8, padding=2)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("layer (parameters interpolated alone)")
     ax.set_ylabel("barrier")
     ax.set_title(title)
     return fig
