@@ -263,3 +263,29 @@ def test_lla_criteria_by_hand():
     assert psd.lla_criteria()["kh"] < 1e-3  # a PSD matrix has (almost) no negative mass
     with pytest.raises(ConfigError, match="n must"):
         d.lla_criteria(0.0)
+
+
+def test_dataset_operator_sums_batches_like_the_full_batch():
+    from losslab.diagnostics import DatasetHessianOperator
+
+    model = tiny_mlp()
+    x, y = regression_batch(n=12)
+    full = dense_hessian(model, mse, (x, y))
+    parts = [(x[:4], y[:4]), (x[4:], y[4:])]  # unequal sizes: weights 1/3 and 2/3
+    op = DatasetHessianOperator(model, mse, parts)
+    torch.testing.assert_close(torch.stack([op.matvec(e) for e in torch.eye(op.n, dtype=torch.float64)]), full)
+    assert op.loss == pytest.approx(float(mse(model, (x, y)).detach()))
+    custom = DatasetHessianOperator(model, mse, parts, weights=[1.0, 0.0])
+    torch.testing.assert_close(custom.matvec(torch.ones(op.n, dtype=torch.float64)),
+                               dense_hessian(model, mse, parts[0]) @ torch.ones(op.n, dtype=torch.float64))
+    t_full = SharpnessTracker(mse, (x, y), tol=1e-10)(model, 0)
+    t_parts = SharpnessTracker(mse, batches=parts, tol=1e-10)(model, 0)
+    assert t_parts.sharpness == pytest.approx(t_full.sharpness, rel=1e-8)
+    with pytest.raises(DataError, match="non-empty"):
+        DatasetHessianOperator(model, mse, [])
+    with pytest.raises(ConfigError, match="one per batch"):
+        DatasetHessianOperator(model, mse, parts, weights=[1.0])
+    with pytest.raises(ConfigError, match="exactly one"):
+        SharpnessTracker(mse, (x, y), batches=parts)
+    with pytest.raises(DataError, match="0 rows"):
+        DatasetHessianOperator(model, mse, [(x[:0], y[:0])])

@@ -4,8 +4,8 @@ Every routine evaluates ``loss_fn(model, batch) -> scalar tensor`` without side 
 as BatchNorm running statistics are cloned, every sub-module's ``training`` flag is restored) and every stochastic
 routine takes ``seed=`` (an int or a :class:`torch.Generator`; the global RNG is never used).
 
-- Hessian: :class:`HessianOperator`, :func:`hvp`, :func:`lanczos`, :func:`power_iteration`,
-  :func:`hutchinson_trace`, :func:`spectral_density`, :func:`classwise_spectra`.
+- Hessian: :class:`HessianOperator`, :class:`DatasetHessianOperator`, :func:`hvp`, :func:`lanczos`,
+  :func:`power_iteration`,  :func:`hutchinson_trace`, :func:`spectral_density`, :func:`classwise_spectra`.
 - Landscapes: :func:`random_direction`, :func:`hessian_directions`, :func:`loss_line`, :func:`loss_plane`,
   :func:`linear_interpolation`, :func:`layerwise_barriers`, :func:`sample_size_loss_change`.
 - Sharpness: :class:`SharpnessTracker`, :func:`stability_threshold`, :func:`adam_preconditioned_sharpness`.
@@ -32,7 +32,13 @@ from losslab.diagnostics._density import (
     spectral_density,
 )
 from losslab.diagnostics._eigen import EigenResult, lanczos, lanczos_tridiagonal, power_iteration
-from losslab.diagnostics._hessian import HessianOperator, MatrixOperator, as_operator, hvp
+from losslab.diagnostics._hessian import (
+    DatasetHessianOperator,
+    HessianOperator,
+    MatrixOperator,
+    as_operator,
+    hvp,
+)
 from losslab.diagnostics._interpolation import (
     Interpolation,
     SampleSizeChange,
@@ -77,6 +83,7 @@ from losslab.diagnostics._sharpness import (
 __all__ = [
     "ClassSpectrum",
     "ContinualBackprop",
+    "DatasetHessianOperator",
     "EigenResult",
     "GradientCovariance",
     "HessianOperator",

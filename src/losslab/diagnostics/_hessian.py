@@ -19,8 +19,10 @@ from losslab.diagnostics._common import (
     trainable_names,
     unflatten,
 )
+from losslab.diagnostics._common import iter_tensors as _tensors
 
-__all__ = ["HessianOperator", "LinearOperatorLike", "MatrixOperator", "as_operator", "hvp"]
+__all__ = ["DatasetHessianOperator", "HessianOperator", "LinearOperatorLike", "MatrixOperator", "as_operator",
+           "hvp"]
 
 
 class LinearOperatorLike(Protocol):
@@ -127,6 +129,76 @@ class HessianOperator:
             return self.matvec(v).cpu().numpy()
 
         return LinearOperator((self.n, self.n), matvec=mv, dtype=np.float64)
+
+
+class DatasetHessianOperator:
+    r"""The Hessian of a loss averaged over several batches, :math:`H = \sum_b w_b \nabla^2 \ell_b`, memory-light.
+
+    Each product loops over the batches and, for each, evaluates the loss, its ``create_graph`` gradient and one
+    double backward, then frees the graph: memory is that of one batch, cost one forward + two backwards per
+    batch per product. This is how Cohen et al. compute the full-batch sharpness (physical batches of 1000 summed).
+    With ``weights=None`` the weights are the batches' sizes (first dimension of the first tensor) over their total,
+    so the operator is the Hessian of the mean loss over all samples when ``loss_fn`` returns a per-batch mean.
+
+    Args:
+        model, loss_fn, params, mode: as in :class:`HessianOperator`.
+        batches: a non-empty sequence of batches.
+        weights: optional weights, one per batch.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> x = torch.eye(2)
+        >>> op = DatasetHessianOperator(model, lambda m, b: (m(b) ** 2).mean(), [x[:1], x[1:]])
+        >>> op.matvec(torch.ones(2, dtype=torch.float64))
+        tensor([1., 1.], dtype=torch.float64)
+
+    References:
+        Cohen et al., "Gradient Descent on Neural Networks Typically Occurs at the Edge of Stability",
+        arXiv:2103.00065, 2021 (their ``compute_hvp`` sums over physical batches).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, batches: Any, *, weights: Any = None, params: Any = None,
+                 mode: str = "eval") -> None:
+        check_model(model)
+        check_loss_fn(loss_fn)
+        if not isinstance(batches, (list, tuple)) or len(batches) == 0:
+            raise DataError("batches must be a non-empty list or tuple of batches")
+        for b in batches:
+            check_batch(b)
+        if weights is None:
+            sizes = []
+            for b in batches:
+                t = next((t for t in _tensors(b) if t.dim() > 0), None)
+                if t is None:
+                    raise DataError("cannot infer a batch size: pass weights=[...] explicitly")
+                sizes.append(int(t.shape[0]))
+            w = [s / sum(sizes) for s in sizes]
+        else:
+            w = [float(x) for x in weights]
+            if len(w) != len(batches) or not all(x == x and abs(x) != float("inf") for x in w):
+                raise ConfigError("weights must be finite numbers, one per batch")
+        self.model, self.loss_fn, self.batches, self.weights = model, loss_fn, list(batches), w
+        self.params, self.mode = params, mode
+        first = HessianOperator(model, loss_fn, self.batches[0], params=params, mode=mode)
+        self.names, self.n, self.device, self.dtype = first.names, first.n, first.device, first.dtype
+        self._like = first._leaves
+        losses = [first.loss] + [HessianOperator(model, loss_fn, b, params=params, mode=mode).loss
+                                 for b in self.batches[1:]]
+        self.loss = float(sum(wi * li for wi, li in zip(w, losses)))
+        self.n_matvec = 0
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        r""":math:`\sum_b w_b H_b v` (float64)."""
+        out = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        for wb, b in zip(self.weights, self.batches):
+            out += wb * HessianOperator(self.model, self.loss_fn, b, params=self.params, mode=self.mode).matvec(v)
+        self.n_matvec += 1
+        return out
+
+    def unflatten(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A flat vector split into ``{parameter name: tensor}``."""
+        return dict(zip(self.names, unflatten(v, self._like)))
 
 
 class MatrixOperator:

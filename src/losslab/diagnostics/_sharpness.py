@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from losslab._errors import ConfigError
+from losslab._errors import ConfigError, DataError
 from losslab.diagnostics._common import (
     LossFn,
     check_batch,
@@ -20,7 +21,7 @@ from losslab.diagnostics._common import (
     make_generator,
 )
 from losslab.diagnostics._eigen import lanczos
-from losslab.diagnostics._hessian import HessianOperator
+from losslab.diagnostics._hessian import DatasetHessianOperator, HessianOperator
 
 __all__ = ["SharpnessRecord", "SharpnessTracker", "adam_preconditioned_sharpness", "stability_threshold"]
 
@@ -61,7 +62,7 @@ def stability_threshold(lr: float, momentum: float = 0.0, *, nesterov: bool = Fa
 class _Preconditioned:
     """The symmetric operator :math:`D^{1/2} H D^{1/2}`, similar to :math:`D H` (same eigenvalues)."""
 
-    def __init__(self, op: HessianOperator, d: torch.Tensor) -> None:
+    def __init__(self, op: Any, d: torch.Tensor) -> None:
         self.op, self.s = op, d.sqrt().to(torch.float64)
         self.n, self.device, self.n_matvec = op.n, op.device, 0
 
@@ -176,6 +177,8 @@ class SharpnessTracker:
         loss_fn: ``loss_fn(model, batch) -> scalar``.
         batch: the fixed batch (Cohen et al. use the first 5000 training examples; a mini-batch sharpness differs
             from the full-batch one).
+        batches: instead of ``batch``, several batches whose size-weighted Hessians are summed in turn
+            (:class:`DatasetHessianOperator`), for a full-batch sharpness that does not fit in one pass.
         every: measurement period in steps.
         optimizer: optional ``torch.optim.SGD`` (``dampening=0``), ``Adam`` or ``AdamW`` (``amsgrad`` uses
             ``max_exp_avg_sq``) whose hyperparameters set the threshold; for any other optimizer the sharpness is
@@ -206,12 +209,20 @@ class SharpnessTracker:
         eigenvalue is used so that negative curvature never masquerades as sharpness.
     """
 
-    def __init__(self, loss_fn: LossFn, batch: Any, *, every: int = 10, optimizer: torch.optim.Optimizer | None = None,
-                 tol: float = 1e-5, max_iter: int = 50, mode: str = "eval",
-                 seed: int | torch.Generator = 0) -> None:
+    def __init__(self, loss_fn: LossFn, batch: Any = None, *, batches: Sequence[Any] | None = None, every: int = 10,
+                 optimizer: torch.optim.Optimizer | None = None, tol: float = 1e-5, max_iter: int = 50,
+                 mode: str = "eval", seed: int | torch.Generator = 0) -> None:
         self.loss_fn = check_loss_fn(loss_fn)
-        check_batch(batch)
-        self.batch = batch
+        if (batch is None) == (batches is None):
+            raise ConfigError("pass exactly one of batch=... (one fixed batch) or batches=[...] (summed in turn)")
+        if batches is not None:
+            if not isinstance(batches, (list, tuple)) or not batches:
+                raise DataError("batches must be a non-empty list or tuple of batches")
+            for b in batches:
+                check_batch(b)
+        else:
+            check_batch(batch)
+        self.batch, self.batches = batch, None if batches is None else list(batches)
         self.every = check_int(every, "every", low=1)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise ConfigError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -237,7 +248,11 @@ class SharpnessTracker:
         check_int(step, "step", low=0)
         if step % self.every:
             return None
-        op = HessianOperator(model, self.loss_fn, self.batch, mode=self.mode)
+        op: Any
+        if self.batches is not None:
+            op = DatasetHessianOperator(model, self.loss_fn, self.batches, mode=self.mode)
+        else:
+            op = HessianOperator(model, self.loss_fn, self.batch, mode=self.mode)
         res = lanczos(op, 1, which="LA", tol=self.tol, max_iter=min(self.max_iter, op.n), seed=self._gen)
         sharp = float(res.eigenvalues[0])
         cost = res.n_matvec
