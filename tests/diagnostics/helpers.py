@@ -60,7 +60,7 @@ def dense_hessian(model: nn.Module, loss_fn, batch, mode: str = "eval") -> torch
         return torch.func.functional_call(w, {**{"m." + k: v for k, v in params.items()},
                                              **{"m." + k: v for k, v in bufs.items()}}, (batch,))
 
-    if mode == "train":  # torch.func transforms give a non-symmetric (wrong) Hessian through train-mode BatchNorm
+    if mode == "train":  # torch.func.hessian is wrong through train-mode BatchNorm (pytorch/pytorch#196699)
         H = torch.autograd.functional.hessian(f, flat0)
     else:
         H = torch.func.hessian(f)(flat0)
