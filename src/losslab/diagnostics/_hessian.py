@@ -236,7 +236,16 @@ class MatrixOperator:
 
 
 def as_operator(op: Any) -> LinearOperatorLike:
-    """``op`` itself if it has ``n`` and ``matvec``; a :class:`MatrixOperator` for a square tensor."""
+    """``op`` itself if it has ``n`` and ``matvec``; a :class:`MatrixOperator` for a square tensor.
+
+    Any object with an int ``n`` and a float64 ``matvec(v)`` works with the eigen-solvers; ``device`` defaults to the
+    CPU and a ``n_matvec`` counter is added when missing.
+
+    Example:
+        >>> import torch
+        >>> as_operator(torch.eye(3)).n
+        3
+    """
     if isinstance(op, torch.Tensor):
         return MatrixOperator(op)
     if hasattr(op, "matvec") and hasattr(op, "n"):

@@ -263,6 +263,10 @@ def collect_features(model: nn.Module, batch: Any, modules: Sequence[str] | None
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU())
         >>> collect_features(net, torch.ones(4, 2))["1"].shape
         torch.Size([4, 3])
+
+    References:
+        Lyle et al., arXiv:2303.01486, 2023 and Dohare et al., Nature 2024 probe features on a fixed batch of inputs
+        in the same way (Dohare et al.: the first 2000 examples of a task, or one batch of 1000).
     """
     check_model(model)
     check_batch(batch)
