@@ -54,17 +54,19 @@ from losslab.diagnostics._landscape import (
     random_direction,
 )
 from losslab.diagnostics._plasticity import (
-    GradientCovariance,
-    collect_features,
     dead_units,
     dormant_units,
     effective_rank,
     feature_norm,
-    gradient_covariance,
-    plasticity_report,
     redo_dormant_units,
     srank,
     weight_magnitude,
+)
+from losslab.diagnostics._plasticity_probe import (
+    GradientCovariance,
+    collect_features,
+    gradient_covariance,
+    plasticity_report,
 )
 from losslab.diagnostics._probes import (
     InputSensitivity,
