@@ -1,3 +1,135 @@
-"""losslab.diagnostics (see the package docstring of losslab)."""
+"""Diagnostics of the training loss: Hessian spectra, sharpness, loss landscapes and plasticity metrics.
 
-__all__: list[str] = []
+Every routine evaluates ``loss_fn(model, batch) -> scalar tensor`` without side effects on the model (buffers such
+as BatchNorm running statistics are cloned, every sub-module's ``training`` flag is restored) and every stochastic
+routine takes ``seed=`` (an int or a :class:`torch.Generator`; the global RNG is never used).
+
+- Hessian: :class:`HessianOperator`, :class:`DatasetHessianOperator`, :func:`hvp`, :func:`lanczos`,
+  :func:`power_iteration`,  :func:`hutchinson_trace`, :func:`spectral_density`, :func:`classwise_spectra`.
+- Landscapes: :func:`random_direction`, :func:`hessian_directions`, :func:`loss_line`, :func:`loss_plane`,
+  :func:`linear_interpolation`, :func:`layerwise_barriers`, :func:`sample_size_loss_change`.
+- Sharpness: :class:`SharpnessTracker`, :func:`stability_threshold`, :func:`adam_preconditioned_sharpness`.
+- Plasticity (each name says exactly what is computed): :func:`dead_units`, :func:`dormant_units`,
+  :func:`redo_dormant_units`, :func:`effective_rank`, :func:`srank`, :func:`feature_norm`,
+  :func:`weight_magnitude`, :func:`gradient_covariance`, :func:`collect_features`, :func:`plasticity_report`.
+- Continual learning: :func:`l2_init_penalty`, :func:`wasserstein_init_penalty`, :class:`SpectralRegularizer`,
+  :class:`ContinualBackprop`.
+- Probes: :func:`input_sensitivity`, :func:`tangent_alignment`, :func:`empirical_ntk`, :func:`kernel_distance`.
+"""
+
+from losslab.diagnostics._continual import (
+    ContinualBackprop,
+    SpectralRegularizer,
+    l2_init_penalty,
+    wasserstein_init_penalty,
+)
+from losslab.diagnostics._density import (
+    ClassSpectrum,
+    SpectralDensity,
+    TraceResult,
+    classwise_spectra,
+    hutchinson_trace,
+    spectral_density,
+)
+from losslab.diagnostics._eigen import EigenResult, lanczos, lanczos_tridiagonal, power_iteration
+from losslab.diagnostics._hessian import (
+    DatasetHessianOperator,
+    HessianOperator,
+    MatrixOperator,
+    as_operator,
+    hvp,
+)
+from losslab.diagnostics._interpolation import (
+    Interpolation,
+    SampleSizeChange,
+    layerwise_barriers,
+    linear_interpolation,
+    sample_size_loss_change,
+)
+from losslab.diagnostics._landscape import (
+    LossLandscape,
+    hessian_directions,
+    loss_line,
+    loss_plane,
+    random_direction,
+)
+from losslab.diagnostics._plasticity import (
+    dead_units,
+    dormant_units,
+    effective_rank,
+    feature_norm,
+    redo_dormant_units,
+    srank,
+    weight_magnitude,
+)
+from losslab.diagnostics._plasticity_probe import (
+    GradientCovariance,
+    collect_features,
+    gradient_covariance,
+    plasticity_report,
+)
+from losslab.diagnostics._probes import (
+    InputSensitivity,
+    empirical_ntk,
+    input_sensitivity,
+    kernel_distance,
+    tangent_alignment,
+)
+from losslab.diagnostics._sharpness import (
+    SharpnessRecord,
+    SharpnessTracker,
+    adam_preconditioned_sharpness,
+    stability_threshold,
+)
+
+__all__ = [
+    "ClassSpectrum",
+    "ContinualBackprop",
+    "DatasetHessianOperator",
+    "EigenResult",
+    "GradientCovariance",
+    "HessianOperator",
+    "InputSensitivity",
+    "Interpolation",
+    "LossLandscape",
+    "MatrixOperator",
+    "SampleSizeChange",
+    "SharpnessRecord",
+    "SharpnessTracker",
+    "SpectralDensity",
+    "SpectralRegularizer",
+    "TraceResult",
+    "adam_preconditioned_sharpness",
+    "as_operator",
+    "classwise_spectra",
+    "collect_features",
+    "dead_units",
+    "dormant_units",
+    "effective_rank",
+    "empirical_ntk",
+    "feature_norm",
+    "gradient_covariance",
+    "hessian_directions",
+    "hutchinson_trace",
+    "hvp",
+    "input_sensitivity",
+    "kernel_distance",
+    "l2_init_penalty",
+    "lanczos",
+    "lanczos_tridiagonal",
+    "layerwise_barriers",
+    "linear_interpolation",
+    "loss_line",
+    "loss_plane",
+    "plasticity_report",
+    "power_iteration",
+    "random_direction",
+    "redo_dormant_units",
+    "sample_size_loss_change",
+    "spectral_density",
+    "srank",
+    "stability_threshold",
+    "tangent_alignment",
+    "wasserstein_init_penalty",
+    "weight_magnitude",
+]

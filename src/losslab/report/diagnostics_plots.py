@@ -1,0 +1,166 @@
+"""Plots of the diagnostics: Hessian spectral density, loss landscapes, interpolation barriers, sharpness.
+
+Every function draws with matplotlib's Agg backend and returns a :class:`matplotlib.figure.Figure`; save it with
+``fig.savefig("x.png", dpi=120)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["plot_interpolation", "plot_layerwise_barriers", "plot_loss_line", "plot_loss_plane",
+           "plot_sample_size_change", "plot_sharpness", "plot_spectral_density"]
+
+
+def _figure(width: float = 6.0, height: float = 4.0) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def plot_spectral_density(density: Any, *, eigenvalues: Sequence[float] | None = None, sigma: float | None = None,
+                          log: bool = True, title: str = "Hessian spectral density (SLQ)") -> Any:
+    """Smoothed SLQ density (log scale by default, as in Ghorbani et al.), with optional eigenvalue markers.
+
+    Args:
+        density: a :class:`losslab.diagnostics.SpectralDensity`.
+        eigenvalues: values to mark with vertical lines (e.g. Lanczos top-k).
+        sigma: Gaussian kernel width (default: 1 % of the node range).
+        log: logarithmic density axis.
+        title: axes title.
+    """
+    t, phi = density.density(sigma=sigma)
+    fig = _figure()
+    ax = fig.add_subplot()
+    floor = max(float(phi.max()) * 1e-8, 1e-300)
+    ax.plot(t, np.maximum(phi, floor) if log else phi, color="C0", lw=1.5, label="density")
+    if log:
+        ax.set_yscale("log")
+    for i, lam in enumerate(eigenvalues or []):
+        ax.axvline(float(lam), color="C3", ls="--", lw=1, label="Lanczos eigenvalues" if i == 0 else None)
+    ax.axvline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    return fig
+
+
+def plot_loss_line(lines: Any, *, labels: Sequence[str] | None = None, log: bool = False,
+                   title: str = "1-D loss landscape") -> Any:
+    """One or several 1-D landscapes (:class:`losslab.diagnostics.LossLandscape` with ``betas=None``)."""
+    items = list(lines) if isinstance(lines, (list, tuple)) else [lines]
+    fig = _figure()
+    ax = fig.add_subplot()
+    for i, ln in enumerate(items):
+        ax.plot(ln.alphas, ln.losses, marker="o", ms=3, label=labels[i] if labels else None)
+    if log:
+        ax.set_yscale("log")
+    ax.axvline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel(r"step $\alpha$ along the direction")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    if labels:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_loss_plane(plane: Any, *, levels: int = 30, log: bool = True, title: str = "2-D loss landscape") -> Any:
+    """Filled contour plot of a 2-D landscape (log-spaced levels by default), the centre marked."""
+    from matplotlib.colors import LogNorm
+
+    z = np.where(np.isfinite(plane.losses), plane.losses, np.nan)
+    fig = _figure(5.5, 4.5)
+    ax = fig.add_subplot()
+    A, B = np.meshgrid(plane.alphas, plane.betas, indexing="ij")
+    positive = bool(np.nanmin(z) > 0)
+    if log and positive:
+        lv = np.geomspace(np.nanmin(z), np.nanmax(z), levels) if np.nanmax(z) > np.nanmin(z) else levels
+        cs = ax.contourf(A, B, z, levels=lv, norm=LogNorm(), cmap="viridis")
+    else:
+        cs = ax.contourf(A, B, z, levels=levels, cmap="viridis")
+    ax.contour(A, B, z, levels=cs.levels, colors="k", linewidths=0.3)
+    cbar = fig.colorbar(cs, ax=ax, label="loss")
+    lo, hi = float(np.nanmin(z)), float(np.nanmax(z))
+    ticks = np.geomspace(lo, hi, 6) if (log and positive and hi > lo) else np.linspace(lo, hi, 6)
+    cbar.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
+    cbar.minorticks_off()
+    ax.plot([0], [0], marker="*", color="red", ms=10)
+    ax.set_xlabel(r"$\alpha$ (direction 1)")
+    ax.set_ylabel(r"$\beta$ (direction 2)")
+    ax.set_title(title)
+    return fig
+
+
+def plot_interpolation(interp: Any, *, title: str = "Linear interpolation between checkpoints") -> Any:
+    """Loss along the path with the straight line between the end points and the barrier marked."""
+    a, losses = np.asarray(interp.alphas), np.asarray(interp.losses)
+    i0, i1 = int(np.argmin(a)), int(np.argmax(a))
+    t = (a - a[i0]) / (a[i1] - a[i0]) if a[i1] > a[i0] else np.zeros_like(a)
+    chord = (1 - t) * losses[i0] + t * losses[i1]
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.plot(a, losses, marker="o", ms=3, label="loss")
+    ax.plot(a, chord, ls="--", color="grey", label="chord")
+    k = int(np.argmax(losses - chord))
+    ax.annotate(f"barrier {interp.barrier:.3g}", (a[k], losses[k]), textcoords="offset points", xytext=(10, -14))
+    ax.set_xlabel(r"$\alpha$")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_layerwise_barriers(barriers: Mapping[str, Any], *, title: str = "Layer-wise interpolation barriers") -> Any:
+    """Bar chart of the barrier of each layer group (from :func:`losslab.diagnostics.layerwise_barriers`)."""
+    names = list(barriers)
+    vals = [float(barriers[n].barrier) for n in names]
+    fig = _figure(max(4.0, 0.5 * len(names) + 2), 4.0)
+    ax = fig.add_subplot()
+    bars = ax.bar(range(len(names)), vals, color=["C3" if v > 0 else "C0" for v in vals])
+    ax.bar_label(bars, labels=[f"{v:.3g}" for v in vals], fontsize=8, padding=2)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("layer (parameters interpolated alone)")
+    ax.set_ylabel("barrier")
+    ax.set_title(title)
+    return fig
+
+
+def plot_sharpness(records: Sequence[Any], *, title: str = "Sharpness and the edge of stability") -> Any:
+    """Sharpness (or Adam's preconditioned sharpness) per step with the stability threshold."""
+    steps = [r.step for r in records]
+    adam = any(r.rule == "adam" for r in records)
+    vals = [(r.preconditioned if adam else r.sharpness) for r in records]
+    vals = [np.nan if v is None else v for v in vals]
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.plot(steps, vals, marker="o", ms=3,
+            label=r"$\lambda_{\max}(P^{-1}H)$" if adam else r"$\lambda_{\max}(H)$")
+    thr = [np.nan if r.threshold is None else r.threshold for r in records]
+    if np.isfinite(thr).any():
+        ax.plot(steps, thr, ls="--", color="C3", label="stability threshold")
+    ax.set_xlabel("step")
+    ax.set_ylabel("sharpness")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_sample_size_change(result: Any, *, title: str = "Loss change when one sample is added") -> Any:
+    r"""Log-log plot of :math:`\Delta_n` against :math:`n` with the fitted slope and a :math:`1/n` guide."""
+    n, d = np.asarray(result.n, dtype=float), np.asarray(result.delta, dtype=float)
+    ok = d > 0
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.loglog(n[ok], d[ok], marker="o", ms=3, lw=1, label=rf"$\Delta_n$ (slope {result.slope:.2f})")
+    if ok.any():
+        ax.loglog(n[ok], d[ok][0] * n[ok][0] / n[ok], ls="--", color="grey", label=r"$\propto 1/n$")
+    ax.set_xlabel("n (samples)")
+    ax.set_ylabel(r"mean $|L_{n+1} - L_n|$")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
