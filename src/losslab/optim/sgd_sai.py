@@ -14,7 +14,8 @@ __all__ = ["SGDSaI"]
 
 def gsnr(grad: torch.Tensor, eps: float) -> torch.Tensor:
     """``||g||_2 / (std(g) + eps)`` with the unbiased std and NaN (one element) mapped to 0, as the authors' code."""
-    return torch.linalg.vector_norm(grad) / (grad.std().nan_to_num() + eps)
+    sigma = grad.std().nan_to_num() if grad.numel() > 1 else torch.zeros((), dtype=grad.dtype, device=grad.device)
+    return torch.linalg.vector_norm(grad) / (sigma + eps)
 
 
 class SGDSaI(torch.optim.Optimizer):

@@ -160,7 +160,7 @@ class SPAM(torch.optim.Optimizer):
         group = dict(param_group)
         params = group["params"]
         group["params"] = [params] if isinstance(params, torch.Tensor) else list(params)
-        self._check_group(merged_group(self.defaults, group))
+        self._check_group({**merged_group(self.defaults, group), "params": group["params"]})
         super().add_param_group(group)
         if "density" in group:
             for p in self.param_groups[-1]["params"]:
