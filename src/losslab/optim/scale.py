@@ -107,7 +107,7 @@ class SCALE(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
-            params = params_with_grad(group)
+            params = [p for p in params_with_grad(group) if p.numel() > 0]
             for p in (q for q in params if q.ndim >= 2):
                 g = p.grad
                 assert g is not None
