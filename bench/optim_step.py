@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from losslab.optim import SPAM, AdamP, DiffGrad  # noqa: E402
+from losslab.optim import SPAM, AdamP, DiffGrad
 
 
 def make_params(seed: int = 0) -> list[torch.nn.Parameter]:

@@ -27,7 +27,7 @@ __all__: list[str] = []
 def check_number(owner: str, name: str, value: Any, *, low: float | None = None, high: float | None = None,
                  low_open: bool = False, high_open: bool = False, hint: str = "") -> float:
     """Return ``float(value)`` or raise ConfigError naming ``owner``, ``name`` and ``value``."""
-    if isinstance(value, torch.Tensor) or isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (torch.Tensor, bool)) or not isinstance(value, (int, float)):
         raise ConfigError(f"{owner}: {name}={value!r} is invalid: it must be a real number (int or float)"
                           f"{'; ' + hint if hint else ''}")
     v = float(value)

@@ -216,7 +216,8 @@ class AdamP(torch.optim.Optimizer):
             by_step.setdefault(self.state[p]["step"], []).append(p)
         for k, ps in by_step.items():
             steps = [torch.tensor(float(k), dtype=torch.float32, device=ps[0].device) for _ in ps]
-            torch._fused_adamw_(ps, [p.grad for p in ps], [self.state[p]["exp_avg"] for p in ps],
+            grads: list[torch.Tensor] = [p.grad for p in ps]  # type: ignore[misc]
+            torch._fused_adamw_(ps, grads, [self.state[p]["exp_avg"] for p in ps],
                                 [self.state[p]["exp_avg_sq"] for p in ps], [], steps, lr=lr, beta1=beta1,
                                 beta2=beta2, weight_decay=wd, eps=eps, amsgrad=False, maximize=False)
         for p in matrices:

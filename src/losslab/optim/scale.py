@@ -161,26 +161,30 @@ def scale_param_groups(model: torch.nn.Module, last_layer: torch.nn.Module | str
         [(1, False, 0), (3, False, 1), (1, True, 1)]
     """
     modules = dict(model.named_modules())
+    last_module: torch.nn.Module | None
     if isinstance(last_layer, str):
         if last_layer not in modules:
             raise ConfigError(f"scale_param_groups: no module named {last_layer!r} in the model; names include "
                               f"{', '.join(list(modules)[1:6])}")
-        last_layer = modules[last_layer]
-    if last_layer is None:
+        last_module = modules[last_layer]
+    elif last_layer is None:
         owners = [m for m in model.modules() if any(p.ndim >= 2 for p in m.parameters(recurse=False))]
-        last_layer = owners[-1] if owners else None
-    embed: list[torch.nn.Parameter] = []
-    last: list[torch.nn.Parameter] = []
+        last_module = owners[-1] if owners else None
+    else:
+        last_module = last_layer
+    embed: list[torch.Tensor] = []
+    last: list[torch.Tensor] = []
     seen: set[int] = set()
     for m in model.modules():
         if isinstance(m, torch.nn.Embedding):
             embed.append(m.weight)
             seen.add(id(m.weight))
-    if last_layer is not None:
-        for p in last_layer.parameters(recurse=False):
+    if last_module is not None:
+        for p in last_module.parameters(recurse=False):
             if p.ndim >= 2 and id(p) not in seen:
                 last.append(p)
                 seen.add(id(p))
     rest = [p for p in model.parameters() if id(p) not in seen]
-    groups = [{"params": embed, "col_dim": 0}, {"params": rest}, {"params": last, "last_layer": True}]
+    groups: list[dict[str, Any]] = [{"params": embed, "col_dim": 0}, {"params": rest},
+                                    {"params": last, "last_layer": True}]
     return [{**g, **group_options} for g in groups if g["params"]]

@@ -285,7 +285,7 @@ class SPAM(torch.optim.Optimizer):
         if not params:
             return
         beta1, beta2 = group["betas"]
-        grads = [p.grad for p in params]
+        grads: list[torch.Tensor] = [p.grad for p in params]  # type: ignore[misc]
         moments = [self._moments(p, p, reset) for p in params]
         exp_avgs = [m for m, _ in moments]
         exp_avg_sqs = [v for _, v in moments]
