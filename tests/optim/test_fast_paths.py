@@ -54,6 +54,19 @@ def test_fused_true_on_an_unsupported_dtype_raises(name):
         opt.step()
 
 
+def test_spam_without_bias_correction_and_mixed_dtypes_match_the_reference():
+    params = [torch.randn(6, 5, dtype=torch.float64), torch.randn(7, dtype=torch.float32), torch.randn(3, 3)]
+    grads = [[torch.randn(p.shape, dtype=p.dtype) * (1000 if t == 12 else 1) for p in params] for t in range(40)]
+
+    def make(f):
+        return lambda ps: SPAM(ps, lr=1e-2, correct_bias=False, threshold=50.0, reset_interval=15, warmup_steps=4,
+                               grad_accu_steps=3, fused=f)
+
+    for a, b in zip(run(make(None), params, grads)[-1], run(make(False), params, grads)[-1]):
+        tol = 1e-12 if a.dtype == torch.float64 else 2e-5
+        assert torch.allclose(a, b, rtol=tol, atol=tol)
+
+
 def test_spam_never_writes_into_p_grad():
     p = torch.nn.Parameter(torch.ones(4, 4, dtype=torch.float64))
     opt = SPAM([p], threshold=1.0, grad_accu_steps=1)

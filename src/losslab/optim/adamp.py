@@ -73,7 +73,8 @@ def _projection_codes(params: list[torch.Tensor], delta: float, eps: float) -> t
         stats.append(pn)
     if not codes:
         return [], []
-    return [int(c) for c in torch.stack(codes).tolist()], stats
+    device = codes[0].device
+    return [int(c) for c in torch.stack([c.to(device) for c in codes]).tolist()], stats
 
 
 def _project_fast(p: torch.Tensor, update: torch.Tensor, code: int, row_norms: torch.Tensor, eps: float) -> None:
@@ -211,10 +212,10 @@ class AdamP(torch.optim.Optimizer):
         projected = {id(p): (c, n) for p, c, n in zip(matrices, codes, norms) if c}
         plain = [p for p in params if id(p) not in projected]
         # unprojected tensors: exactly torch's AdamW (decay p*(1 - lr*wd), then the Adam step), one kernel per step
-        by_step: dict[int, list[torch.Tensor]] = {}
-        for p in plain:
-            by_step.setdefault(self.state[p]["step"], []).append(p)
-        for k, ps in by_step.items():
+        by_step: dict[tuple[int, torch.device, torch.dtype], list[torch.Tensor]] = {}
+        for p in plain:  # the kernel takes one device and dtype per call
+            by_step.setdefault((self.state[p]["step"], p.device, p.dtype), []).append(p)
+        for (k, _, _), ps in by_step.items():
             steps = [torch.tensor(float(k), dtype=torch.float32, device=ps[0].device) for _ in ps]
             grads: list[torch.Tensor] = [p.grad for p in ps]  # type: ignore[misc]
             torch._fused_adamw_(ps, grads, [self.state[p]["exp_avg"] for p in ps],

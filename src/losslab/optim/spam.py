@@ -292,17 +292,17 @@ class SPAM(torch.optim.Optimizer):
         if clip:
             # v - (1+margin) g^2 / theta < 0 wherever the authors' g^2 > theta v holds (and slightly more often)
             gap = torch._foreach_addcmul(exp_avg_sqs, grads, grads, value=-(1.0 + _DETECT_MARGIN) / self.threshold)
-            flags = torch.stack([x.min() for x in gap]).lt(0).tolist()  # one host sync per group and step
+            device = gap[0].device
+            flags = torch.stack([x.min().to(device, torch.float64) for x in gap]).lt(0).tolist()  # one host sync
             grads = [spam_clip(g, v, self.threshold) if f else g for g, v, f in zip(grads, exp_avg_sqs, flags)]
-        by_step: dict[int, list[int]] = {}
-        for i, p in enumerate(params):
-            by_step.setdefault(self.state[p]["step"], []).append(i)
-        for k, idx in by_step.items():
+        by_step: dict[tuple[int, torch.device, torch.dtype], list[int]] = {}
+        for i, p in enumerate(params):  # the kernel takes one device and dtype per call
+            by_step.setdefault((self.state[p]["step"], p.device, p.dtype), []).append(i)
+        for (k, device, _), idx in by_step.items():
             if group["correct_bias"]:
                 step_value, eps = float(k), group["eps"] / math.sqrt(1.0 - beta2**k)
             else:  # 1 - beta**inf == 1: no bias correction
                 step_value, eps = math.inf, group["eps"]
-            device = params[idx[0]].device
             steps = [torch.tensor(step_value, dtype=torch.float32, device=device) for _ in idx]
             torch._fused_adamw_([params[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx],
                                 [exp_avg_sqs[i] for i in idx], [], steps, lr=group["lr"] * scale, beta1=beta1,
