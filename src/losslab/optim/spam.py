@@ -186,6 +186,9 @@ class SPAM(torch.optim.Optimizer):
         if extra is None:
             raise ConfigError("SPAM.load_state_dict: the state dict has no 'spam' entry; save it with SPAM.state_dict()")
         super().load_state_dict(state_dict)
+        for state in self.state.values():  # torch casts every non-step state tensor to the parameter's dtype
+            if "mask" in state:
+                state["mask"] = state["mask"].bool()
         self._total_step = int(extra["total_step"])
         self._current_step = int(extra["current_step"])
         self._generator.set_state(extra["generator"])
