@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from losslab import ConfigError, DataError
-from losslab.optim import SAM, SPAM, AdamP, DiffGrad, MoMo, create, schedule_scheduler
+from losslab.optim import SAM, SGDP, SPAM, AdamP, DiffGrad, MoMo, SGDSaI, create, schedule_scheduler
 from losslab.schedules import parse_schedule
 from tests.optim import _references as ref
 from tests.optim.test_parity import SHAPES, make_grads, make_params, max_diff, run
@@ -166,3 +166,48 @@ def test_schedule_scheduler_relative_keeps_group_ratios():
     assert opt.param_groups[0]["lr"] == pytest.approx(10 * opt.param_groups[1]["lr"])
     with pytest.raises(ConfigError):
         schedule_scheduler(opt, "cosine:peak=-1,steps=10")
+
+
+def test_peer_sgdp_loses_the_authors_buffer_projection():
+    params = make_params()
+    grads = make_grads(params, 20, orthogonal_every=3)
+    no_momentum = max_diff(run(lambda ps: SGDP(ps, lr=1e-2), params, grads),
+                           run(lambda ps: po.SGDP(ps, lr=1e-2), params, grads))
+    momentum = max_diff(run(lambda ps: SGDP(ps, lr=1e-2, momentum=0.9), params, grads),
+                        run(lambda ps: po.SGDP(ps, lr=1e-2, momentum=0.9), params, grads))
+    assert no_momentum <= 1e-12 < 1e-4 < momentum  # the authors project the momentum buffer itself; the peer a copy
+
+
+def test_peer_sgd_sai_starts_its_buffer_at_zero_and_skips_the_snr_of_vectors():
+    params = make_params(shapes=[(6, 5)])
+    grads = make_grads(params, 10)
+    ours = run(lambda ps: SGDSaI(ps, lr=1e-2, momentum=0.0, weight_decay=0.0), params, grads)
+    peer = run(lambda ps: po.SGDSaI(ps, lr=1e-2, momentum=0.0, weight_decay=0.0), params, grads)
+    assert max_diff(ours, peer) <= 1e-12  # same gSNR rule on a matrix without momentum
+    vec = make_params(shapes=[(7,)])
+    vgrads = make_grads(vec, 3)
+    assert max_diff(run(lambda ps: SGDSaI(ps, lr=1e-2, momentum=0.0), vec, vgrads),
+                    run(lambda ps: po.SGDSaI(ps, lr=1e-2, momentum=0.0), vec, vgrads)) > 1e-6
+    assert max_diff(run(lambda ps: SGDSaI(ps, lr=1e-2), params, grads),
+                    run(lambda ps: po.SGDSaI(ps, lr=1e-2), params, grads)) > 1e-6
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_peer_sam_matches(adaptive):
+    params = make_params()
+    traj = []
+    for cls in (SAM, po.SAM):
+        ps = [torch.nn.Parameter(p.clone()) for p in params]
+        opt = cls(ps, torch.optim.SGD, rho=0.5 if adaptive else 0.05, adaptive=adaptive, lr=0.01, momentum=0.9)
+
+        def closure(ps=ps):
+            for p, g in zip(ps, _grad_fn([p.detach() for p in ps])):
+                p.grad = g
+
+        out = []
+        for _ in range(20):
+            closure()
+            opt.step(closure)
+            out.append([p.detach().clone() for p in ps])
+        traj.append(out)
+    assert max_diff(traj[0], traj[1]) <= 1e-7  # ~1e-9 (SAM) and ~2e-8 (ASAM): rounding, not a different rule
