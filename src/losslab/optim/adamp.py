@@ -270,7 +270,8 @@ class SGDP(torch.optim.Optimizer):
 
     Notes:
         The weight decay is divided by ``1 - μ`` as in the authors' code, so ``momentum`` must be < 1. As in their
-        code, without ``nesterov`` the projection is applied to the momentum buffer itself (``d`` aliases ``b``).
+        code, without ``nesterov`` the projection is applied to the momentum buffer itself (``d`` aliases ``b``);
+        pytorch-optimizer 4.1's ``SGDP`` projects a copy, so with momentum it differs after the first projection.
     """
 
     def __init__(self, params: Iterable[Any], lr: float, momentum: float = 0.0, dampening: float = 0.0,

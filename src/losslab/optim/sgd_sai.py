@@ -49,8 +49,9 @@ class SGDSaI(torch.optim.Optimizer):
 
     Notes:
         As in the authors' code: a one-element tensor (std NaN → 0) or a constant gradient gets ``s = ||g||/ε``
-        (huge), and a zero first gradient freezes the tensor (``s = 0``); pytorch-optimizer's ``SGDSaI`` uses
-        ``||g||`` when the std is 0. Differences: the SNR of a tensor is taken at its first step *with* a gradient
+        (huge), and a zero first gradient freezes the tensor (``s = 0``). pytorch-optimizer 4.1's ``SGDSaI``
+        uses ``||g||`` for vectors, for tensors with ``size(0) == 1`` and when the std is 0, and starts the
+        momentum buffer at zero instead of ``g_1``. Differences: the SNR of a tensor is taken at its first step *with* a gradient
         (their code fails later on a tensor without one); ``momentum=0`` uses ``m_t = g_t`` (their code leaves the
         buffer undefined); ``step(closure)`` evaluates the closure once (theirs twice at the first step).
     """
