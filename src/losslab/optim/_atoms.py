@@ -14,7 +14,7 @@ buffer to obtain the Adam direction and the new moments in one pass, then apply 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -155,26 +155,3 @@ def adam_direction_fused(out: torch.Tensor, grad: torch.Tensor, exp_avg: torch.T
     steps = [torch.tensor(float(step), dtype=torch.float32, device=out.device)]
     torch._fused_adamw_([out], [grad], [exp_avg], [exp_avg_sq], [], steps, lr=lr, beta1=beta1, beta2=beta2,
                         weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
-
-
-def extra_state_dict(base: dict[str, Any], key: str, extra: dict[str, Any]) -> dict[str, Any]:
-    """Add optimizer-level (not per-parameter) state under ``key`` of a torch state dict."""
-    out = dict(base)
-    out[key] = dict(extra)
-    return out
-
-
-def clone_state_value(value: Any) -> Any:
-    """Copy tensors so that a state dict never aliases live optimizer state."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return {k: clone_state_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(clone_state_value(v) for v in value)
-    return value
-
-
-def flat(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Non-empty tensors only (kernels and reductions are skipped for zero-size parameters)."""
-    return [t for t in tensors if t.numel() > 0]
