@@ -1,3 +1,35 @@
-"""losslab.optim (see the package docstring of losslab)."""
+"""losslab.optim: optimizers from the literature, faithful to the authors' code and fast.
 
-__all__: list[str] = []
+Every optimizer is a ``torch.optim.Optimizer`` registered in :data:`registry` (``losslab list optimizers``) and
+can be built by name with :func:`create`. :func:`schedule_scheduler` drives any optimizer with a
+:mod:`losslab.schedules` schedule. See docs/optim.md for the user guide and the differences from other libraries.
+"""
+
+from losslab.optim._catalogue import OptimizerInfo, create, registry, schedule_scheduler
+from losslab.optim.adamp import SGDP, AdamP
+from losslab.optim.diffgrad import DiffGrad
+from losslab.optim.momo import MoMo, MoMoAdam
+from losslab.optim.orthograd import OrthoGrad, orthogonalize_
+from losslab.optim.sam import SAM
+from losslab.optim.scale import SCALE, scale_param_groups
+from losslab.optim.sgd_sai import SGDSaI
+from losslab.optim.spam import SPAM
+
+__all__ = [  # noqa: RUF022 - plain sorted() order, as tests/test_public_api.py checks
+    "AdamP",
+    "DiffGrad",
+    "MoMo",
+    "MoMoAdam",
+    "OptimizerInfo",
+    "OrthoGrad",
+    "SAM",
+    "SCALE",
+    "SGDP",
+    "SGDSaI",
+    "SPAM",
+    "create",
+    "orthogonalize_",
+    "registry",
+    "scale_param_groups",
+    "schedule_scheduler",
+]

@@ -1,0 +1,93 @@
+"""Step time of losslab optimizers vs torch AdamW and pytorch-optimizer, CPU, one thread, ~10M params in 40 tensors.
+
+Only ``optimizer.step()`` is timed. Runs are interleaved round-robin across optimizers; the table gives the median
+ms/step over ``--repeats`` runs and the ratio to ``torch.optim.AdamW(foreach=True)`` measured in the same run.
+
+    python bench/optim_step.py --repeats 7 --steps 5 --warmup 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from losslab.optim import SPAM, AdamP, DiffGrad
+
+
+def make_params(seed: int = 0) -> list[torch.nn.Parameter]:
+    """10 x [Linear(1000, 1000) + LayerNorm(1000)]: 10,030,000 parameters in 40 tensors."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(1000, 1000), (1000,), (1000,), (1000,)] * 10
+    params = [torch.nn.Parameter(torch.randn(s, generator=g) * 0.02) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * 0.01
+    return params
+
+
+def candidates() -> dict[str, object]:
+    out: dict[str, object] = {
+        "torch AdamW(foreach=True)": lambda ps: torch.optim.AdamW(ps, foreach=True),
+        "torch AdamW(fused=True)": lambda ps: torch.optim.AdamW(ps, fused=True),
+        "losslab SPAM": lambda ps: SPAM(ps),
+        "losslab SPAM(fused=False)": lambda ps: SPAM(ps, fused=False),
+        "losslab DiffGrad": lambda ps: DiffGrad(ps),
+        "losslab DiffGrad(fused=False)": lambda ps: DiffGrad(ps, fused=False),
+        "losslab AdamP": lambda ps: AdamP(ps),
+        "losslab AdamP(fused=False)": lambda ps: AdamP(ps, fused=False),
+    }
+    try:
+        import pytorch_optimizer as po
+
+        out.update({
+            "pytorch-optimizer SPAM": lambda ps: po.SPAM(ps),
+            "pytorch-optimizer SPAM(foreach=True)": lambda ps: po.SPAM(ps, foreach=True),
+            "pytorch-optimizer DiffGrad": lambda ps: po.DiffGrad(ps),
+            "pytorch-optimizer AdamP": lambda ps: po.AdamP(ps),
+        })
+    except ImportError:
+        print("pytorch-optimizer not installed: peers skipped")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=25, help="untimed steps first (SPAM clips from step 20 on)")
+    parser.add_argument("--only", default="", help="comma-separated substrings of optimizer names to run")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cands = candidates()
+    if args.only:
+        keys = [k for k in cands if k.startswith("torch AdamW") or any(s in k for s in args.only.split(","))]
+        cands = {k: cands[k] for k in keys}
+    times: dict[str, list[float]] = {k: [] for k in cands}
+    for _ in range(args.repeats):
+        for name, make in cands.items():
+            params = make_params()
+            opt = make(params)  # type: ignore[operator]
+            for _ in range(args.warmup):
+                opt.step()
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                opt.step()
+            times[name].append((time.perf_counter() - start) / args.steps)
+            del opt, params
+    base = statistics.median(times["torch AdamW(foreach=True)"])
+    print(f"torch {torch.__version__}, 1 thread, {args.repeats} interleaved runs x {args.steps} steps "
+          f"after {args.warmup} warm-up steps")
+    print(f"{'optimizer':40s} {'median ms/step':>15s} {'ratio':>7s}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{name:40s} {med * 1e3:15.1f} {med / base:7.2f}")
+
+
+if __name__ == "__main__":
+    main()
