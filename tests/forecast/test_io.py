@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from losslab._errors import ConfigError, DataError
 from losslab.forecast.io import load_curve, load_schedule, write_prediction_csv
@@ -326,3 +328,24 @@ def test_multipowerlaw_files_warmup_and_fill_agree_with_the_spec(shared_data):
     assert exact.lr[7998] == 3e-4 and exact.lr[7999] == pytest.approx(9e-5)
     filled = load_curve(wsdcon, warmup_steps=2160, lr_fill="linear")
     assert np.abs(filled.lr - exact.lr).max() > 1e-4
+
+
+# ------------------------------------------------------------------------------------------------------ properties
+_values = st.floats(min_value=1e-8, max_value=1e3, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.tuples(st.floats(min_value=0, max_value=10, allow_nan=False), st.none() | _values),
+                     min_size=1, max_size=30).filter(lambda r: any(loss is not None for _, loss in r)),
+       fmt=st.sampled_from(["csv", "jsonl"]))
+def test_round_trip_is_exact(tmp_path_factory, rows, fmt):
+    path = tmp_path_factory.mktemp("rt") / f"run.{fmt}"
+    if fmt == "csv":
+        path.write_text("step,lr,loss\n" + "".join(
+            f"{i},{lr!r},{'' if loss is None else repr(loss)}\n" for i, (lr, loss) in enumerate(rows, start=1)))
+    else:
+        path.write_text("".join(json.dumps({"step": i, "lr": lr, "loss": loss}) + "\n"
+                                for i, (lr, loss) in enumerate(rows, start=1)))
+    c = load_curve(path)
+    assert c.lr.tolist() == [lr for lr, _ in rows]
+    assert [None if math.isnan(v) else v for v in c.loss.tolist()] == [loss for _, loss in rows]
