@@ -34,7 +34,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def _add_source_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("reading runs (see docs/forecast-cli.md#input-files)")
+    g = p.add_argument_group("reading run and schedule files (see docs/forecast-cli.md#input-files)")
     g.add_argument("--warmup-steps", type=int, metavar="N", default=None,
                    help="the files start after an unlogged linear warmup of N steps: rebuild it as 0 -> lr")
     g.add_argument("--lr-fill", choices=("none", "linear"), default="none",
@@ -182,13 +182,16 @@ def prediction_dict(loss: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> d
 
 def run_predict(args: argparse.Namespace) -> int:
     """``losslab forecast predict``."""
-    from losslab.forecast.io import load_curve, load_schedule, write_prediction_csv
+    from losslab.forecast.io import _looks_like_file, load_curve, load_schedule, write_prediction_csv
 
     if not (0.0 < args.level < 1.0):
         raise ConfigError(f"--level must be in (0, 1), got {args.level}; 0.9 gives a 90 % interval")
     fit = _load_fit(args.fit)
-    lr = load_schedule(args.schedule, steps=args.steps, warmup_steps=args.warmup_steps, lr_fill=args.lr_fill,
-                       lr_tag=args.lr_tag)
+    if _looks_like_file(args.schedule):
+        lr = load_schedule(args.schedule, steps=args.steps, warmup_steps=args.warmup_steps, lr_fill=args.lr_fill,
+                           lr_tag=args.lr_tag)
+    else:  # a spec: --warmup-steps / --lr-fill are for reading --measured only
+        lr = load_schedule(args.schedule, steps=args.steps)
     loss, lower, upper = (np.asarray(a, dtype=np.float64) for a in fit.predict_interval(lr, level=args.level))
     measured = None
     if args.measured:

@@ -411,8 +411,7 @@ def load_schedule(
         return _spec_lr(path_or_spec, steps)
     text = str(path_or_spec)
     p = Path(text)
-    looks_like_file = isinstance(path_or_spec, Path) or p.exists() or p.suffix.lower() in (".csv", *_JSONL_SUFFIXES)
-    if not looks_like_file:
+    if not (isinstance(path_or_spec, Path) or _looks_like_file(text)):
         if warmup_steps is not None or lr_fill != "none":
             raise ConfigError("--warmup-steps / --lr-fill apply to schedule files; put the warmup inside the spec")
         return _spec_lr(parse_schedule(text), steps)
@@ -422,6 +421,12 @@ def load_schedule(
         raise ConfigError(f"{p}: the schedule file has {lr.size} steps but steps={steps} was asked; "
                           f"drop --steps or write a file with {steps} steps")
     return lr
+
+
+def _looks_like_file(text: str) -> bool:
+    """True for an existing path or a name with a data-file suffix; False for a schedule spec string."""
+    p = Path(text)
+    return p.exists() or p.suffix.lower() in (".csv", *_JSONL_SUFFIXES) or "tfevents" in p.name
 
 
 def _spec_lr(schedule: Schedule, steps: int | None) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Plots of loss-curve fits and forecasts (matplotlib, Agg-safe); every function returns a Figure.
 
 Save with ``fig.savefig("fit.png", dpi=110)`` and close with ``matplotlib.pyplot.close(fig)``. The y-axis of the
-loss panels is zoomed on the part of the run after the first 5 % of steps (the early loss, often 2-5x larger, would
-flatten everything that matters); the clipped start is still drawn, just off-axis.
+loss panels is zoomed on the run after its warmup and the first 5 % of the remaining steps (the early loss, often
+2-5x larger, would flatten everything that matters); the clipped start is still drawn, just off-axis.
 """
 
 from __future__ import annotations
@@ -38,9 +38,14 @@ def _figure(nrows: int, heights: Sequence[float], width: float = 8.0) -> tuple[F
     return fig, axes
 
 
-def _zoom(ax: Any, series: Sequence[tuple[np.ndarray, np.ndarray]], total: int) -> None:
-    """y-limits from the values after the first 5 % of steps (see the module docstring)."""
-    start = max(1, int(0.05 * total))
+def _zoom_start(lr: np.ndarray) -> int:
+    """First step shown at full scale: past the warmup (steps before the peak lr) plus 5 % of the rest."""
+    warmup = int(np.argmax(lr))
+    return max(1, warmup + int(0.05 * (lr.size - warmup)))
+
+
+def _zoom(ax: Any, series: Sequence[tuple[np.ndarray, np.ndarray]], start: int) -> None:
+    """y-limits from the values from step ``start`` on (see the module docstring)."""
     vals = [v[(s >= start) & np.isfinite(v)] for s, v in series]
     vals = [v for v in vals if v.size]
     if not vals:
@@ -72,7 +77,7 @@ def plot_curve_fit(fit: _Predictor, curves: Sequence[Curve], *, title: str | Non
     fig, (ax, ax_res) = _figure(2, [2.2, 1.0])
     ax_lr = ax.twinx()
     series, residuals = [], []
-    total = max(len(c) for c in curves)
+    start = max(_zoom_start(c.lr) for c in curves)
     for i, curve in enumerate(curves):
         color = f"C{i % 10}"
         pred = np.asarray(fit.predict(curve.lr), dtype=np.float64)
@@ -84,8 +89,8 @@ def plot_curve_fit(fit: _Predictor, curves: Sequence[Curve], *, title: str | Non
         ax_res.plot(steps, rel, ".", ms=2.5, color=color, alpha=0.6)
         series += [(steps, meas), (curve.steps, pred)]
         residuals.append((steps, rel))
-    _zoom(ax, series, total)
-    _zoom(ax_res, residuals, total)
+    _zoom(ax, series, start)
+    _zoom(ax_res, residuals, start)
     ax.set_ylabel("loss  (points: measured, lines: fit)")
     ax_lr.set_ylabel("learning rate (dotted)")
     ax_lr.set_ylim(bottom=0)
@@ -144,7 +149,7 @@ def plot_loss_prediction(
         m = m[m <= lr.size]
         ax.plot(m, measured.loss[m - 1], ".", ms=3, color="C3", alpha=0.6, label=f"measured ({measured.name})")
         series.append((m, measured.loss[m - 1]))
-    _zoom(ax, series, lr.size)
+    _zoom(ax, series, _zoom_start(lr))
     ax.set_ylabel("loss")
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title or f"predicted loss, final {loss[-1]:.4g}")
@@ -173,7 +178,7 @@ def plot_schedule_plan(fit: _Predictor, schedules: dict[str, np.ndarray], *, tit
         raise DataError("plot_schedule_plan needs at least one schedule")
     fig, (ax, ax_lr) = _figure(2, [2.0, 1.0])
     series = []
-    total = max(len(v) for v in schedules.values())
+    start = max(_zoom_start(np.asarray(v, dtype=np.float64)) for v in schedules.values())
     for i, (label, lr_) in enumerate(schedules.items()):
         lr = np.asarray(lr_, dtype=np.float64)
         steps = np.arange(1, lr.size + 1)
@@ -181,7 +186,7 @@ def plot_schedule_plan(fit: _Predictor, schedules: dict[str, np.ndarray], *, tit
         ax.plot(steps, pred, color=f"C{i % 10}", lw=1.4, label=f"{label}: final {pred[-1]:.4f}")
         ax_lr.plot(steps, lr, color=f"C{i % 10}", lw=1.2)
         series.append((steps, pred))
-    _zoom(ax, series, total)
+    _zoom(ax, series, start)
     ax.set_ylabel(f"predicted loss ({fit.law})")
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title or "schedules compared by predicted loss")
