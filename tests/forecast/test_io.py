@@ -235,6 +235,16 @@ def test_tensorboard_missing_tag_lists_the_available_ones(tb_run):
         load_curve(tb_run)
 
 
+def test_tensorboard_missing_gives_an_install_hint(tb_run, monkeypatch):
+    import sys
+
+    from losslab._errors import OptionalDependencyError
+
+    monkeypatch.setitem(sys.modules, "tensorboard.backend.event_processing.event_accumulator", None)
+    with pytest.raises(OptionalDependencyError, match=r"pip install 'losslab\[tensorboard\]'"):
+        load_curve(tb_run, loss_tag="train/loss")
+
+
 # ------------------------------------------------------------------------------------------------------- schedules
 def test_load_schedule_from_spec_and_file(tmp_path):
     spec = "wsd:peak=3e-4,steps=50,decay=0.2,cooldown=sqrt,warmup=5"
