@@ -1,5 +1,13 @@
-"""Loss-curve laws across learning-rate schedules and scaling laws across runs (NumPy/SciPy only, no torch)."""
+"""Loss-curve laws across learning-rate schedules: fitting, prediction, intervals and schedule planning.
+
+NumPy/SciPy only (never imports torch). Typical use::
+
+    from losslab.forecast import Curve, fit_curves, plan_schedule
+    fit = fit_curves([Curve(lr, loss, "cosine")], law="auto")
+    loss = fit.predict(other_lr)
+"""
 
 from losslab.forecast._curve import Curve
+from losslab.forecast.fit import CurveFit, fit_curves
 
-__all__ = ["Curve"]
+__all__ = ["Curve", "CurveFit", "fit_curves"]
