@@ -9,5 +9,6 @@ NumPy/SciPy only (never imports torch). Typical use::
 
 from losslab.forecast._curve import Curve
 from losslab.forecast.fit import CurveFit, fit_curves
+from losslab.forecast.plan import SchedulePlan, plan_schedule
 
-__all__ = ["Curve", "CurveFit", "fit_curves"]
+__all__ = ["Curve", "CurveFit", "SchedulePlan", "fit_curves", "plan_schedule"]
