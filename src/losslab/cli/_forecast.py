@@ -282,14 +282,16 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def _baseline_lrs(plan: Any, steps: int) -> dict[str, np.ndarray]:
-    """Per-step lr of the plan's baseline schedules, when the plan records their specs."""
+    """Per-step lr of the plan's default schedules (drawn for comparison), same peak and warmup as the plan."""
     from losslab.schedules import Schedule, parse_schedule
 
-    out: dict[str, np.ndarray] = {}
-    for name, spec in (getattr(plan, "baseline_schedules", None) or {}).items():
-        sched = spec if isinstance(spec, Schedule) else parse_schedule(str(spec))
-        out[name] = sched.lr(steps)
-    return out
+    specs = getattr(plan, "baseline_schedules", None)  # recorded by the plan when available
+    if not specs:
+        common = f"peak={plan.peak},steps={steps},warmup={plan.warmup}"
+        specs = {"cosine (to 10 %)": f"cosine:{common},final=0.1",
+                 "wsd (20 % linear)": f"wsd:{common},decay=0.2,cooldown=linear,final=0"}
+    return {name: (spec if isinstance(spec, Schedule) else parse_schedule(str(spec))).lr(steps)
+            for name, spec in specs.items()}
 
 
 def _jsonable(obj: Any) -> Any:

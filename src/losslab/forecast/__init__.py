@@ -9,6 +9,16 @@ NumPy/SciPy only (never imports torch). Typical use::
 
 from losslab.forecast._curve import Curve
 from losslab.forecast.fit import CurveFit, fit_curves
+from losslab.forecast.io import load_curve, load_schedule, write_prediction_csv
 from losslab.forecast.plan import SchedulePlan, plan_schedule
 
-__all__ = ["Curve", "CurveFit", "SchedulePlan", "fit_curves", "plan_schedule"]
+__all__ = [
+    "Curve",
+    "CurveFit",
+    "SchedulePlan",
+    "fit_curves",
+    "load_curve",
+    "load_schedule",
+    "plan_schedule",
+    "write_prediction_csv",
+]
