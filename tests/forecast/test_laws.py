@@ -157,3 +157,13 @@ def test_bad_options():
 def test_detect_warmup():
     assert detect_warmup(np.array([0.1, 0.5, 1.0, 1.0, 0.2])) == 2
     assert detect_warmup(np.array([1.0, 0.5])) == 0
+
+
+@pytest.mark.parametrize("warmup", ["raw", "area"])
+def test_mpl_constant_schedule_without_drops(warmup):
+    # "area" mode on a constant schedule has no LR change at all: LD = 0 and MPL is a power law in S1
+    lr = np.full(500, 1e-3)
+    theta = TRUE["mpl"]
+    got = MultiPowerLaw(warmup=warmup).predict(theta, lr, np.array([10, 500]))
+    ref = mpl_reference(theta, lr, [10, 500], eta0=0.0 if warmup == "raw" else 1e-3)
+    np.testing.assert_allclose(got, ref, rtol=1e-12)

@@ -112,17 +112,23 @@ def _linear_start(law: Law, nonlinear: dict[str, float], problems: Sequence[Prob
 
 
 def multistart_fit(law: Law, problems: Sequence[Problem], *, delta: float = 1e-3, n_starts: int = 4,
-                   max_nfev: int | None = None, penalty: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+                   max_nfev: int | None = None, penalty: Callable[[float], Any] | None = None,
                    extra_starts: Sequence[np.ndarray] = (), quiet: bool | None = None,
                    desc: str = "fit") -> FitOutcome:
     """Fit ``law`` to ``problems`` from the best ``n_starts`` grid points (plus ``extra_starts``).
 
-    ``penalty(theta) -> (rows, d rows / d theta)`` adds quadratic penalty rows (a Gaussian prior) to the objective.
+    ``penalty(kappa)`` returns a function ``theta -> (rows, d rows / d theta)`` of quadratic penalty rows (a
+    Gaussian prior) added to the objective, or None. ``kappa = 2 * mean Huber loss`` at the best grid start converts
+    a negative log prior into objective units: for residuals in the quadratic zone of the Huber loss it is their
+    variance, for noisy logs (residuals beyond delta) it is ``delta * mean |r|``; so the prior weighs the same
+    against clean sparse evaluations and against raw per-step noise. It is never below ``delta^2``: residuals
+    smaller than ``delta`` are below the resolution the Huber loss is told to care about.
     Returns the best start by objective; every start's final cost, status and message are kept in ``starts``.
     """
     lo, hi = law.bounds()
     log_y = np.concatenate([p.log_y for p in problems])
     n_data = log_y.size
+    factory, penalty = penalty, None
 
     def objective(theta: np.ndarray) -> float:
         with np.errstate(all="ignore"):
@@ -143,6 +149,9 @@ def multistart_fit(law: Law, problems: Sequence[Problem], *, delta: float = 1e-3
             ranked.append((objective(theta0), theta0))
     ranked.sort(key=lambda item: item[0])
     starts = [t for c, t in ranked if np.isfinite(c)][:n_starts] + [np.clip(s, lo, hi) for s in extra_starts]
+    if factory is not None and ranked and np.isfinite(ranked[0][0]):
+        kappa = max(2.0 * ranked[0][0] / n_data, delta * delta)
+        penalty = factory(kappa)
 
     cache: dict[str, Any] = {}
 

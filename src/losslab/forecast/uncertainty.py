@@ -81,8 +81,27 @@ def calibrate(fit: Any, law: Any, outcome: Any, points: Sequence[Any], *, seed: 
                 model_error = max(model_error, holdout_rms)
         except Exception:  # a failed calibration fit leaves the in-sample scale (recorded below)
             holdout_rms = None
+    # leave-one-curve-out: schedule transfer, the error a user meets when predicting a new schedule
+    loco_rms = None
+    if frac > 0 and len(points) >= 2:
+        errs_all = []
+        for i in range(len(points)):
+            rest = [p for j, p in enumerate(points) if j != i]
+            try:
+                lw, out = _fit_points(law.name, rest, law.options, fit.settings.get("huber_delta", 1e-3), True, 1)
+            except Exception:  # a failed calibration fit is skipped (recorded as None when all fail)
+                continue
+            if np.all(np.isfinite(out.theta)):
+                errs_all.append(_rel_errors(lw, out.theta, points[i]))
+        if errs_all:
+            loco_rms = float(np.sqrt(np.mean(np.concatenate(errs_all) ** 2)))
+            model_error = max(model_error, loco_rms)
+    # the parameter covariance is scaled with the held-out error too: a law that mispredicts held-out points
+    # by more than its residuals is less certain of its parameters than the residuals say, and this term is the
+    # one that widens with extrapolation (longer horizons, deeper drops than in the fitted curves)
+    cov *= (model_error / scale) ** 2
     return {"method": "delta+holdout", "cov": cov.tolist(), "scale": scale, "rho": rho,
-            "model_error": model_error, "holdout_rms": holdout_rms, "holdout": frac, "seed": seed}
+            "model_error": model_error, "holdout_rms": holdout_rms, "loco_rms": loco_rms, "holdout": frac, "seed": seed}
 
 
 def prediction_interval(fit: Any, lr: np.ndarray, level: float = 0.9, *,

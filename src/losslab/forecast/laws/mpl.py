@@ -46,6 +46,8 @@ def _units(k: np.ndarray, delta: np.ndarray, c_prev: np.ndarray, log_eta: np.nda
     Drops and rises are kept apart, and so are rates more than ``ETA_BIN`` apart in log (a warmup ramp that spans
     decades inside one block would otherwise be represented by one mean rate).
     """
+    if k.size == 0:
+        return k, delta, c_prev, log_eta
     bid = (k - 1) // block
     sign = (delta > 0).astype(np.int64)
     # a block never mixes rates more than 10 % apart (warmup ramps span decades and stay finely resolved)
@@ -238,17 +240,21 @@ class MultiPowerLaw(Law):
         return [{"alpha": a, "C": c, "beta": b, "gamma": g}
                 for c in (0.5, 2.0) for b in (0.4, 0.6) for g in (0.4, 0.6) for a in (0.3, 0.45, 0.6)]
 
-    def penalty(self, delta: float) -> Any:
+    def penalty(self, kappa: float) -> Any:
         """Gaussian prior rows on ``(log C, beta, gamma)``; None when ``prior == 0``.
 
-        Rows ``delta * sqrt(prior) * (u - PRIOR_MEAN) / PRIOR_SD``: with residuals of size ``delta`` this is a
-        prior of weight ``prior`` against the likelihood of the data. It only bites along the directions the
-        curves leave flat, which is where ``(C, beta, gamma)`` wander off without it.
+        Rows ``sqrt(kappa * prior) * (u - PRIOR_MEAN) / PRIOR_SD``, so the penalty is ``prior`` times the negative
+        log prior in the objective's units (``kappa``, see :func:`losslab.forecast._robust.multistart_fit`).
+        ``prior = 1`` would be the Bayesian weight for independent residuals; neighbouring points of a loss curve
+        share their error (lag-1 autocorrelation 0.9 and more on real curves, i.e. 10-20 times fewer independent
+        points than points), hence the default 10. The prior only bites along the directions the curves leave
+        flat, which is where ``(C, beta, gamma)`` wander off without it (e.g. ``beta -> 0.02`` with ``B`` tripled on a
+        single noisy cosine log).
         """
         strength = float(self.options["prior"])
         if strength == 0:
             return None
-        w = delta * np.sqrt(strength) / PRIOR_SD
+        w = np.sqrt(kappa * strength) / PRIOR_SD
 
         def rows(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             u = np.array([np.log(theta[4]), theta[5], theta[6]])
@@ -266,7 +272,7 @@ class MultiPowerLaw(Law):
         from losslab.forecast._robust import multistart_fit
 
         return multistart_fit(self, problems, delta=delta, n_starts=n_starts or self.default_starts, quiet=quiet,
-                              penalty=self.penalty(delta), max_nfev=MAX_NFEV, desc="fit mpl")
+                              penalty=self.penalty, max_nfev=MAX_NFEV, desc="fit mpl")
 
     def predict(self, theta: np.ndarray, lr: np.ndarray, steps: np.ndarray | None = None) -> np.ndarray:
         """Loss at ``steps`` (default every step).
