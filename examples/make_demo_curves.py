@@ -1,4 +1,4 @@
-"""Regenerate the bundled demo loss curves in ``src/losslab/data/demo/`` (CPU, one thread, about 2 minutes).
+"""Regenerate the bundled demo loss curves in ``src/losslab/data/demo/`` (CPU, one thread, about 1 minute).
 
 The task is a small stand-in for single-epoch pretraining: a student MLP learns the noisy labels of a fixed random
 teacher network, seeing fresh samples at every step (so it never overfits) and being evaluated on one fixed held-out
