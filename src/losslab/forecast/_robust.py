@@ -140,17 +140,20 @@ def multistart_fit(law: Law, problems: Sequence[Problem], *, delta: float = 1e-3
             cost += 0.5 * float(np.sum(penalty(theta)[0] ** 2))
         return cost
 
-    # 1. candidate starts from the grid, ranked by their objective
+    # 1. candidate starts from the grid (skipped when n_starts == 0), ranked by their objective
     ranked = []
-    for g in law.grid():
+    for g in (law.grid() if n_starts > 0 else []):
         theta0 = _linear_start(law, g, problems)
         if theta0 is not None:
             theta0 = np.clip(theta0, lo, hi)
             ranked.append((objective(theta0), theta0))
     ranked.sort(key=lambda item: item[0])
-    starts = [t for c, t in ranked if np.isfinite(c)][:n_starts] + [np.clip(s, lo, hi) for s in extra_starts]
-    if factory is not None and ranked and np.isfinite(ranked[0][0]):
-        kappa = max(2.0 * ranked[0][0] / n_data, delta * delta)
+    extra = [np.clip(np.asarray(x, dtype=np.float64), lo, hi) for x in extra_starts]
+    starts = [t for c, t in ranked if np.isfinite(c)][:n_starts] + extra
+    costs = [c for c, _ in ranked] + [objective(x) for x in extra]
+    finite = [c for c in costs if np.isfinite(c)]
+    if factory is not None and finite:
+        kappa = max(2.0 * min(finite) / n_data, delta * delta)
         penalty = factory(kappa)
 
     cache: dict[str, Any] = {}

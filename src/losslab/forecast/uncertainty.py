@@ -7,9 +7,12 @@ Method (a linearised parameter ensemble plus a model-error term, both in log spa
    ``k = (1 + rho) / (1 - rho)`` the inflation for residuals that are correlated along a curve (``rho`` is their
    lag-1 autocorrelation; neighbouring points of a loss curve share their error). The variance of the log
    prediction at a step is ``g^T Sigma g`` (delta method).
-2. Model error. A held-out schedule is mispredicted by more than the in-sample residuals (the law is not exact):
-   the fit is repeated on the first ``1 - holdout`` of each curve and its relative error on the held-out tails is
-   measured. Its root mean square (never below the in-sample scale) is the model-error scale ``m``.
+2. Model error. A held-out schedule is mispredicted by more than the in-sample residuals (the law is not exact).
+   The fit is repeated (from the best grid start) on the first ``1 - holdout`` of each curve, scored on the
+   held-out tails (extrapolation in time), and, with two curves or more, once without each curve, scored on that
+   curve (transfer to another schedule). The largest of the three root-mean-square relative errors (in-sample,
+   tails, left-out curves) is the model-error scale ``m``. The parameter covariance is rescaled by
+   ``(m / s)^2`` as well, so the term that grows with extrapolation grows with the measured transfer error.
 3. Interval: ``log Lhat +- z * sqrt(g^T Sigma g + m^2)``, ``z`` the two-sided normal quantile of ``level``.
 
 The calibration runs once, at fit time, and is stored in ``CurveFit.uncertainty`` (a few numbers and the
@@ -73,8 +76,7 @@ def calibrate(fit: Any, law: Any, outcome: Any, points: Sequence[Any], *, seed: 
     heads, tails = split_tail(points, frac) if frac > 0 else (list(points), [])
     if tails:
         try:
-            lw, out = _fit_points(law.name, heads, law.options, fit.settings.get("huber_delta", 1e-3), True,
-                                  fit.settings.get("n_starts"))
+            lw, out = _fit_points(law.name, heads, law.options, fit.settings.get("huber_delta", 1e-3), True, 1)
             if np.all(np.isfinite(out.theta)):
                 errs = np.concatenate([_rel_errors(lw, out.theta, p) for p in tails])
                 holdout_rms = float(np.sqrt(np.mean(errs**2)))
