@@ -128,7 +128,8 @@ def multistart_fit(law: Law, problems: Sequence[Problem], *, delta: float = 1e-3
     lo, hi = law.bounds()
     log_y = np.concatenate([p.log_y for p in problems])
     n_data = log_y.size
-    factory, penalty = penalty, None
+    factory = penalty
+    rows_fn: Callable[[np.ndarray], Any] | None = None
 
     def objective(theta: np.ndarray) -> float:
         with np.errstate(all="ignore"):
@@ -136,8 +137,8 @@ def multistart_fit(law: Law, problems: Sequence[Problem], *, delta: float = 1e-3
         if not np.all(np.isfinite(pred)) or np.any(pred <= 0):
             return np.inf
         cost = float(huber(log_y - np.log(pred), delta).sum())
-        if penalty is not None:
-            cost += 0.5 * float(np.sum(penalty(theta)[0] ** 2))
+        if rows_fn is not None:
+            cost += 0.5 * float(np.sum(rows_fn(theta)[0] ** 2))
         return cost
 
     # 1. candidate starts from the grid (skipped when n_starts == 0), ranked by their objective
@@ -154,7 +155,7 @@ def multistart_fit(law: Law, problems: Sequence[Problem], *, delta: float = 1e-3
     finite = [c for c in costs if np.isfinite(c)]
     if factory is not None and finite:
         kappa = max(2.0 * min(finite) / n_data, delta * delta)
-        penalty = factory(kappa)
+        rows_fn = factory(kappa)
 
     cache: dict[str, Any] = {}
 
@@ -165,15 +166,15 @@ def multistart_fit(law: Law, problems: Sequence[Problem], *, delta: float = 1e-3
         pos = np.maximum(pred, _FLOOR)
         cache["x"], cache["j"] = theta.copy(), -j / pos[:, None]
         r = log_y - np.log(pos)
-        return np.concatenate([r, penalty(theta)[0]]) if penalty is not None else r
+        return np.concatenate([r, rows_fn(theta)[0]]) if rows_fn is not None else r
 
     def jac(theta: np.ndarray) -> np.ndarray:
         if "x" not in cache or not np.array_equal(cache["x"], theta):
             fun(theta)
         jr = cache["j"]
-        return np.vstack([jr, penalty(theta)[1]]) if penalty is not None else jr
+        return np.vstack([jr, rows_fn(theta)[1]]) if rows_fn is not None else jr
 
-    loss: Any = _mixed_loss(n_data) if penalty is not None else "huber"
+    loss: Any = _mixed_loss(n_data) if rows_fn is not None else "huber"
     records: list[dict[str, Any]] = []
     best: tuple[float, np.ndarray] | None = None
     for k, theta0 in enumerate(progress(starts, total=len(starts), desc=desc, quiet=quiet)):
