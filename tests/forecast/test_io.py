@@ -359,3 +359,13 @@ def test_round_trip_is_exact(tmp_path_factory, rows, fmt):
     c = load_curve(path)
     assert c.lr.tolist() == [lr for lr, _ in rows]
     assert [None if math.isnan(v) else v for v in c.loss.tolist()] == [loss for _, loss in rows]
+
+
+def test_messages_of_a_zero_based_file_use_the_files_step_numbers(tmp_path):
+    p = _csv(tmp_path, "step,lr,loss\n0,0.1,3\n1,0.1,2\n3,0.1,1\n")
+    with pytest.raises(DataError, match=r"learning rate of step 2 is unknown \(steps jump from 1 \(line 3\) to 3 "):
+        load_curve(p)
+    c = load_curve(p, lr_fill="linear")  # filled: the file's step 3 is curve step 4
+    assert c.measured.tolist() == [1, 2, 4] and c.meta["lr_fill"]["filled_steps"] == 1
+    with pytest.raises(DataError, match=r"line 4: .* at step 3 \(step 4 counted from 1\) differs"):
+        load_curve(_csv(tmp_path, "step,lr,loss\n0,0.1,3\n1,0.1,2\n3,0.2,1\n", "b.csv"), schedule="constant:peak=0.1")

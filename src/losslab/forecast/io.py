@@ -91,7 +91,9 @@ def _lr_everywhere(t: Table, steps: np.ndarray, lr_rows: np.ndarray, total: int,
         return np.interp(grid, kx, ky)  # every step is known exactly; interp only reorders
     missing = int(np.flatnonzero(~have)[0]) + 1
     if lr_fill == "none":
-        raise DataError(f"{t.source}: the learning rate of step {missing} is unknown ({_gap_where(t, steps, missing)}); "
+        offset = int(steps[0]) - t.steps[0]  # 1 for a 0-based file: messages use the file's own step numbers
+        raise DataError(f"{t.source}: the learning rate of step {missing - offset} is unknown "
+                        f"({_gap_where(t, steps, missing)}); "
                         f"losslab needs the lr of every step: log every step, pass --lr-fill linear to "
                         f"interpolate between logged rows (exact on constant and linear pieces, wrong across "
                         f"sudden drops), or pass --schedule SPEC")
@@ -107,8 +109,8 @@ def _gap_where(t: Table, steps: np.ndarray, missing: int) -> str:
     if i < steps.size and steps[i] == missing:
         return f"{t.where[i]} has a blank learning rate"
     if i == 0:
-        return f"the file starts at step {steps[0]}"
-    return f"steps jump from {steps[i - 1]} ({t.where[i - 1]}) to {steps[i]} ({t.where[i]})"
+        return f"the file starts at step {t.steps[0]}"
+    return f"steps jump from {t.steps[i - 1]} ({t.where[i - 1]}) to {t.steps[i]} ({t.where[i]})"
 
 
 def _lr_from_schedule(t: Table, steps: np.ndarray, lr_rows: np.ndarray, schedule: Schedule, total: int,
@@ -120,8 +122,9 @@ def _lr_from_schedule(t: Table, steps: np.ndarray, lr_rows: np.ndarray, schedule
     bad = np.abs(got - want) > _SPEC_TOL * np.maximum(np.abs(want), np.abs(got)) + 1e-9 * schedule.peak
     if np.any(bad):
         i = int(np.flatnonzero(known)[np.flatnonzero(bad)[0]])
-        raise DataError(f"{t.source}: {t.where[i]}: the logged learning rate {lr_rows[i]:.6g} at step {steps[i]} "
-                        f"differs from {lr[steps[i] - 1]:.6g} given by the schedule {schedule.to_spec()!r}; "
+        counted = f" (step {steps[i]} counted from 1)" if steps[i] != t.steps[i] else ""
+        raise DataError(f"{t.source}: {t.where[i]}: the logged learning rate {lr_rows[i]:.6g} at step {t.steps[i]}"
+                        f"{counted} differs from {lr[steps[i] - 1]:.6g} given by the schedule {schedule.to_spec()!r}; "
                         f"fix the spec (peak, steps, warmup, decay) so that it matches the run")
     meta["schedule"] = schedule.to_spec()
     meta["lr_checked_rows"] = int(known.sum())
