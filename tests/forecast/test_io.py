@@ -369,3 +369,13 @@ def test_messages_of_a_zero_based_file_use_the_files_step_numbers(tmp_path):
     assert c.measured.tolist() == [1, 2, 4] and c.meta["lr_fill"]["filled_steps"] == 1
     with pytest.raises(DataError, match=r"line 4: .* at step 3 \(step 4 counted from 1\) differs"):
         load_curve(_csv(tmp_path, "step,lr,loss\n0,0.1,3\n1,0.1,2\n3,0.2,1\n", "b.csv"), schedule="constant:peak=0.1")
+
+
+def test_loss_from_ignores_early_losses_but_keeps_their_lr(tmp_path):
+    p = _csv(tmp_path, "step,lr,loss\n1,0.1,9.0\n2,0.1,8.0\n3,0.1,2.0\n4,0.1,1.9\n")
+    c = load_curve(p, loss_from=3)
+    assert c.measured.tolist() == [3, 4] and c.lr.tolist() == [0.1] * 4 and c.meta["loss_from"] == 3
+    with pytest.raises(ConfigError, match=r"loss_from must be a step >= 1"):
+        load_curve(p, loss_from=0)
+    with pytest.raises(DataError, match=r"no row has a loss value at or after step 9 \(--loss-from\)"):
+        load_curve(p, loss_from=9)

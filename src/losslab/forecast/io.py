@@ -175,6 +175,7 @@ def load_curve(
     lr_tag: str | None = None,
     lr_fill: str = "none",
     schedule: str | Schedule | None = None,
+    loss_from: int | None = None,
     name: str | None = None,
 ) -> Curve:
     """Read a training curve (per-step lr, loss where measured) from a CSV, JSONL or TensorBoard file.
@@ -191,6 +192,8 @@ def load_curve(
         lr_tag: column / key / TensorBoard scalar tag of the learning rate (default ``"lr"``).
         lr_fill: ``"none"`` (every step must be logged) or ``"linear"`` (interpolate the lr between rows).
         schedule: a :mod:`losslab.schedules` spec or :class:`~losslab.schedules.Schedule` giving every step's lr.
+        loss_from: ignore measured losses before this step (counted from 1), e.g. when the log dropped the warmup's
+            lr but kept its loss; their lr still counts. Recorded as ``meta["loss_from"]``.
         name: label of the curve (default: the file name without suffix).
 
     Returns:
@@ -210,13 +213,19 @@ def load_curve(
         schedule, and the laws integrate the lr over every step, so a wrong lr is a wrong forecast.
     """
     _check_options(warmup_steps, lr_fill, schedule)
+    if loss_from is not None and (isinstance(loss_from, bool) or not isinstance(loss_from, int) or loss_from < 1):
+        raise ConfigError(f"loss_from must be a step >= 1, got {loss_from!r}")
     sched = _as_schedule(schedule) if schedule is not None else None
     p = Path(path)
     table = read_table(p, loss_tag or "loss", lr_tag or "lr", need_lr=sched is None, need_loss=True)
     lr, loss, meta = _assemble(table, warmup_steps=warmup_steps, lr_fill=lr_fill, schedule=sched)
+    if loss_from is not None:
+        loss[: loss_from - 1] = np.nan
+        meta["loss_from"] = loss_from
     label = name or (p.name.split(".")[0] if "tfevents" in p.name else p.stem)
     if not np.any(np.isfinite(loss)):
-        raise DataError(f"{p}: no row has a loss value; fill the {table.keys['loss']!r} column "
+        where = f" at or after step {loss_from} (--loss-from)" if loss_from is not None else ""
+        raise DataError(f"{p}: no row has a loss value{where}; fill the {table.keys['loss']!r} column "
                         f"(or name the loss column with --loss-tag)")
     return Curve(lr=lr, loss=loss, name=label, meta=meta)
 
