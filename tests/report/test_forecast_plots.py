@@ -86,3 +86,16 @@ def test_schedule_plan_plot_reports_each_final_loss(curves):
 def test_bad_input(call, message):
     with pytest.raises(DataError, match=message):
         call()
+
+
+def test_dense_logs_are_drawn_as_bin_medians():
+    lr = np.full(2000, 0.1)
+    c = _curve("dense", lr, 0.01, every=1)  # 2000 measured steps
+    fig = plot_curve_fit(PowerInArea(), [c])
+    points = fig.axes[0].get_lines()[0]
+    assert len(points.get_xdata()) == 400
+    first_bin = c.loss[:5]  # 2000 points in 400 bins of 5
+    assert points.get_ydata()[0] == pytest.approx(np.median(first_bin))
+    assert "bin medians" in fig.axes[0].get_ylabel()
+    pred = plot_loss_prediction(lr, PowerInArea().predict(lr), measured=c)
+    assert "bin medians" in pred.axes[0].get_legend().get_texts()[1].get_text()

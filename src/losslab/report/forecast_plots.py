@@ -56,6 +56,16 @@ def _zoom(ax: Any, series: Sequence[tuple[np.ndarray, np.ndarray]], start: int) 
     ax.set_ylim(lo - pad, hi + pad)
 
 
+def _display_points(curve: Curve, max_points: int = 400) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Measured (step, loss); a dense log is shown as medians of consecutive bins (True when binned)."""
+    steps = curve.measured
+    values = curve.loss[steps - 1]
+    if steps.size <= max_points:
+        return steps, values, False
+    bins = np.array_split(np.arange(steps.size), max_points)
+    return (np.array([int(np.median(steps[b])) for b in bins]), np.array([np.median(values[b]) for b in bins]), True)
+
+
 def plot_curve_fit(fit: _Predictor, curves: Sequence[Curve], *, title: str | None = None) -> Figure:
     """Measured loss against the fitted law for each run, the lr on a twin axis, and the relative residuals.
 
@@ -66,7 +76,8 @@ def plot_curve_fit(fit: _Predictor, curves: Sequence[Curve], *, title: str | Non
 
     Returns:
         A Figure with two panels: loss (points = measured, lines = fit; dotted lines on the right axis = lr) and
-        ``(measured - fit) / fit`` in percent.
+        ``(measured - fit) / fit`` in percent. A run with more than 400 measured steps is drawn as the medians of
+        400 consecutive bins, so that dense per-step logs stay readable.
 
     Example:
         >>> fig = plot_curve_fit(fit, curves)           # doctest: +SKIP
@@ -77,13 +88,15 @@ def plot_curve_fit(fit: _Predictor, curves: Sequence[Curve], *, title: str | Non
     fig, (ax, ax_res) = _figure(2, [2.2, 1.0])
     ax_lr = ax.twinx()
     series, residuals = [], []
+    binned = False
     start = max(_zoom_start(c.lr) for c in curves)
     for i, curve in enumerate(curves):
         color = f"C{i % 10}"
         pred = np.asarray(fit.predict(curve.lr), dtype=np.float64)
-        steps, meas = curve.measured, curve.loss[curve.measured - 1]
+        steps, meas, was_binned = _display_points(curve)
+        binned |= was_binned
         ax.plot(steps, meas, ".", ms=2.5, color=color, alpha=0.45)
-        ax.plot(curve.steps, pred, "-", lw=1.4, color=color, label=curve.name)
+        ax.plot(curve.steps, pred, "-", lw=1.6, color=color, label=curve.name, zorder=3)
         ax_lr.plot(curve.steps, curve.lr, ":", lw=1.0, color=color, alpha=0.8)
         rel = 100.0 * (meas - pred[steps - 1]) / pred[steps - 1]
         ax_res.plot(steps, rel, ".", ms=2.5, color=color, alpha=0.6)
@@ -91,7 +104,7 @@ def plot_curve_fit(fit: _Predictor, curves: Sequence[Curve], *, title: str | Non
         residuals.append((steps, rel))
     _zoom(ax, series, start)
     _zoom(ax_res, residuals, start)
-    ax.set_ylabel("loss  (points: measured, lines: fit)")
+    ax.set_ylabel("loss  (points: measured" + (", bin medians" if binned else "") + "; lines: fit)")
     ax_lr.set_ylabel("learning rate (dotted)")
     ax_lr.set_ylim(bottom=0)
     ax.legend(loc="upper right", fontsize=8, ncol=2 if len(curves) > 4 else 1)
@@ -117,7 +130,8 @@ def plot_loss_prediction(
     Args:
         lr: per-step learning rate of steps ``1..T`` (the schedule that was predicted).
         loss: predicted loss, shape ``(T,)``; ``lower`` / ``upper``: the interval (drawn as a band when given).
-        measured: a measured run on the same schedule to compare with (drawn as points).
+        measured: a measured run on the same schedule to compare with (drawn as points; a log with more than 400
+            measured steps is drawn as the medians of 400 consecutive bins).
         level: coverage of the interval, for the legend only.
         title: figure title.
 
@@ -143,12 +157,13 @@ def plot_loss_prediction(
             raise DataError(f"lower and upper must have shape {loss.shape}, got {lo.shape} and {hi.shape}")
         ax.fill_between(steps, lo, hi, color="C0", alpha=0.2, lw=0, label=_BAND_LABEL.format(level))
         series += [(steps, lo), (steps, hi)]
-    ax.plot(steps, loss, "-", color="C0", lw=1.5, label="predicted")
+    ax.plot(steps, loss, "-", color="C0", lw=1.5, label="predicted", zorder=3)
     if measured is not None:
-        m = measured.measured
-        m = m[m <= lr.size]
-        ax.plot(m, measured.loss[m - 1], ".", ms=3, color="C3", alpha=0.6, label=f"measured ({measured.name})")
-        series.append((m, measured.loss[m - 1]))
+        m, y, binned = _display_points(measured)
+        keep = m <= lr.size
+        label = f"measured ({measured.name}{', bin medians' if binned else ''})"
+        ax.plot(m[keep], y[keep], ".", ms=3, color="C3", alpha=0.6, label=label)
+        series.append((m[keep], y[keep]))
     _zoom(ax, series, _zoom_start(lr))
     ax.set_ylabel("loss")
     ax.legend(loc="upper right", fontsize=8)
