@@ -74,7 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.set_defaults(func=run_fit)
 
     pred = sub.add_parser("predict", help="predict the loss of every step of a schedule from a fit",
-                          description="Predict the loss (with a 90 %% interval) of every step of a schedule.")
+                          description="Predict the loss (with a 90 % interval) of every step of a schedule. With "
+                                      "neither -o nor --json it prints a short summary instead.")
     pred.add_argument("fit", metavar="FIT.json")
     pred.add_argument("--schedule", required=True, metavar="SCHEDULE.csv|SPEC",
                       help="a file with columns step,lr or a spec such as cosine:peak=3e-4,steps=24000")
