@@ -123,6 +123,14 @@ def test_bad_inputs_raise_clear_errors_and_change_nothing():
     np.testing.assert_array_equal(data[0].loss, before)
 
 
+def test_more_parameters_than_points_is_rejected():
+    lr = np.full(100, 1e-3)
+    loss = np.full(100, np.nan)
+    loss[[49, 99]] = [3.0, 2.9]
+    with pytest.raises(DataError, match="4 parameters but the curves give only 2"):
+        fit_curves([Curve(lr, loss)], "tissue")
+
+
 def test_nonpositive_loss_is_rejected():
     lr = np.full(20, 1e-3)
     with pytest.raises(DataError, match="must be positive"):

@@ -116,11 +116,11 @@ class CurveFit:
 
     # ---- serialisation -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dictionary (``from_dict`` restores it)."""
-        return json.loads(json.dumps({"format": FORMAT, "law": self.law, "params": self.params,
+        """JSON-safe dictionary (``from_dict`` restores it); non-finite numbers become None."""
+        return _strict(json.loads(json.dumps({"format": FORMAT, "law": self.law, "params": self.params,
                                       "options": self.options, "settings": self.settings,
                                       "diagnostics": self.diagnostics, "uncertainty": self.uncertainty,
-                                      "provenance": self.provenance}, default=_jsonable))
+                                      "provenance": self.provenance}, default=_jsonable)))
 
     @classmethod
     def from_dict(cls, d: Any) -> CurveFit:
@@ -146,7 +146,7 @@ class CurveFit:
     def save(self, path: str | Path) -> Path:
         """Write the fit as JSON to ``path`` (returned)."""
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
         return path
 
     @classmethod
@@ -174,11 +174,22 @@ class CurveFit:
         sel = d.get("selection")
         if sel:
             lines.append("auto selection (held-out tail mean rel. error): " + ", ".join(
-                f"{k}={100 * v:.3f} %" if np.isfinite(v) else f"{k}=failed" for k, v in sel["holdout_error"].items()))
+                f"{k}={100 * v:.3f} %" if v is not None else f"{k}=not fitted" for k, v in sel["holdout_error"].items()))
         lines.append(f"params at bounds: {', '.join(d.get('at_bounds', [])) or 'none'}")
         lines.append(f"starts: {d.get('n_starts', 0)}, failed: {d.get('failed_starts', 0)}; "
                      f"fit time {d.get('fit_seconds', float('nan')):.2f} s")
         return "\n".join(lines)
+
+
+def _strict(obj: Any) -> Any:
+    """Replace NaN/Inf (which strict JSON readers reject) by None, recursively."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strict(v) for v in obj]
+    return obj
 
 
 def _jsonable(obj: Any) -> Any:
@@ -293,6 +304,12 @@ def fit_curves(curves: Sequence[Curve] | Curve, law: str = "auto", *, huber_delt
     for n in names:
         _law(n, _law_options(n, law_options, strict=not auto))  # validates options before any work
     points = [curve_points(c, max_points=int(max_points), skip_warmup=skip_warmup) for c in curve_list]
+    n_points = sum(p.steps.size for p in points)
+    if not auto:
+        n_params = len(_law(names[0], _law_options(names[0], law_options, True)).active_params)
+        if n_points < n_params:
+            raise DataError(f"law {names[0]!r} has {n_params} parameters but the curves give only {n_points} fitting "
+                            "points after the warmup; log the loss more often, add curves or pick a smaller law")
 
     selection = None
     if auto:
@@ -300,7 +317,11 @@ def fit_curves(curves: Sequence[Curve] | Curve, law: str = "auto", *, huber_delt
         if not tails:
             raise DataError("law='auto' needs curves long enough to hold out a tail; pass law='tissue' or longer curves")
         scores: dict[str, float] = {}
+        n_heads = sum(p.steps.size for p in heads)
         for n in names:
+            if len(_law(n, _law_options(n, law_options, False)).active_params) > n_heads:
+                scores[n] = float("inf")  # more parameters than points: not a candidate
+                continue
             lw, out = _fit_points(n, heads, _law_options(n, law_options, False), huber_delta, quiet, n_starts)
             errs = [_rel_errors(lw, out.theta, p) for p in tails] if np.all(np.isfinite(out.theta)) else []
             scores[n] = float(np.mean(np.concatenate(errs))) if errs else float("inf")
@@ -309,7 +330,8 @@ def fit_curves(curves: Sequence[Curve] | Curve, law: str = "auto", *, huber_delt
             raise FitError("law='auto': every law failed on the held-out split; fit a named law to see why")
         by_size = sorted(names, key=lambda n: len(registry.get(n)().active_params))
         chosen = next(n for n in by_size if scores[n] <= best * (1.0 + AUTO_TOLERANCE))
-        selection = {"holdout_error": scores, "holdout_fraction": holdout, "tolerance": AUTO_TOLERANCE,
+        selection = {"holdout_error": {k: (v if np.isfinite(v) else None) for k, v in scores.items()},
+                     "holdout_fraction": holdout, "tolerance": AUTO_TOLERANCE,
                      "chosen": chosen}
         names = [chosen]
 
