@@ -379,3 +379,23 @@ def test_loss_from_ignores_early_losses_but_keeps_their_lr(tmp_path):
         load_curve(p, loss_from=0)
     with pytest.raises(DataError, match=r"no row has a loss value at or after step 9 \(--loss-from\)"):
         load_curve(p, loss_from=9)
+
+
+def test_files_with_several_runs_need_run(tmp_path):
+    text = "run,step,lr,loss\na,1,0.1,3\na,2,0.1,2\nb,1,0.2,4\nb,2,0.2,3.5\nb,3,0.1,3\n"
+    p = _csv(tmp_path, text, "many.csv")
+    with pytest.raises(DataError, match=r"many.csv: the file holds 2 runs \(column 'run': a, b\); pick one with --run"):
+        load_curve(p)
+    b = load_curve(p, run="b")
+    assert b.lr.tolist() == [0.2, 0.2, 0.1] and b.loss.tolist() == [4, 3.5, 3] and b.name == "many:b"
+    assert b.meta["run"] == "b"
+    with pytest.raises(DataError, match=r"no rows of run 'c'; the file holds runs: a, b"):
+        load_curve(p, run="c")
+    with pytest.raises(DataError, match=r"selects rows by a 'run' column, but the file has none"):
+        load_curve(_csv(tmp_path, "step,lr,loss\n1,0.1,2\n", "one.csv"), run="a")
+    jl = tmp_path / "many.jsonl"
+    jl.write_text("".join(json.dumps({"run": r, "step": s, "lr": lr, "loss": v}) + "\n"
+                          for r, s, lr, v in [("a", 1, 0.1, 3), ("b", 1, 0.2, 4), ("b", 2, 0.2, 3.5), ("b", 3, 0.1, 3)]))
+    np.testing.assert_array_equal(load_curve(jl, run="b").loss, b.loss)
+    with pytest.raises(DataError, match=r"holds 2 runs"):
+        load_curve(jl)

@@ -42,6 +42,8 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
                         "'linear' (interpolate; exact for constant/linear pieces, wrong across sudden drops)")
     g.add_argument("--loss-from", type=int, default=None, metavar="STEP",
                    help="ignore measured losses before STEP (counted from 1); their lr still counts")
+    g.add_argument("--run", default=None, metavar="ID",
+                   help="for files holding several runs in a 'run' column: the run to read")
     g.add_argument("--loss-tag", default=None, metavar="NAME",
                    help="column / JSON key / TensorBoard scalar tag of the loss (default: loss)")
     g.add_argument("--lr-tag", default=None, metavar="NAME",
@@ -162,7 +164,7 @@ def run_fit(args: argparse.Namespace) -> int:
     for i, path in enumerate(args.runs):
         spec = specs[i] if len(specs) > 1 else (specs[0] if specs else None)
         curves.append(load_curve(path, warmup_steps=args.warmup_steps, lr_fill=args.lr_fill, schedule=spec,
-                                 loss_tag=args.loss_tag, lr_tag=args.lr_tag, loss_from=args.loss_from))
+                                 loss_tag=args.loss_tag, lr_tag=args.lr_tag, loss_from=args.loss_from, run=args.run))
     fit = fit_curves(curves, args.law, seed=args.seed, quiet=None, **_law_options(args.law_option))
     fit.save(args.output)
     if args.plot:
@@ -199,7 +201,7 @@ def run_predict(args: argparse.Namespace) -> int:
     measured = None
     if args.measured:
         measured = load_curve(args.measured, warmup_steps=args.warmup_steps, lr_fill=args.lr_fill,
-                              loss_tag=args.loss_tag, lr_tag=args.lr_tag, loss_from=args.loss_from)
+                              loss_tag=args.loss_tag, lr_tag=args.lr_tag, loss_from=args.loss_from, run=args.run)
     if args.output:
         write_prediction_csv(args.output, loss, lower, upper)
     if args.plot:

@@ -74,7 +74,24 @@ def _add_row(table: Table, step_raw: Any, lr_raw: Any, loss_raw: Any, where: str
     table.where.append(where)
 
 
-def _read_csv(path: Path, loss_key: str, lr_key: str, *, need_lr: bool, need_loss: bool) -> Table:
+def _check_runs(path: Path, run: str | None, has_run_key: bool, runs: list[str]) -> None:
+    """One run per curve: a file with several values in its ``run`` column needs ``run=`` to pick one."""
+    if run is not None and not has_run_key:
+        raise DataError(f"{path}: --run / run= selects rows by a 'run' column, but the file has none; drop it")
+    if run is not None and run not in runs:
+        raise DataError(f"{path}: no rows of run {run!r}; the file holds runs: {_listing(runs)}")
+    if run is None and len(runs) > 1:
+        raise DataError(f"{path}: the file holds {len(runs)} runs (column 'run': {_listing(runs)}); "
+                        f"pick one with --run ID (API: run=ID)")
+
+
+def _listing(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _read_csv(path: Path, loss_key: str, lr_key: str, *, need_lr: bool, need_loss: bool,
+              run: str | None = None) -> Table:
     table = Table(str(path), fmt="csv", keys={"loss": loss_key, "lr": lr_key})
     with path.open(newline="", encoding="utf-8-sig") as fh:
         lines = [(n, line) for n, line in enumerate(fh, start=1) if line.strip()]
@@ -93,21 +110,30 @@ def _read_csv(path: Path, loss_key: str, lr_key: str, *, need_lr: bool, need_los
                             f"{header_line.strip()!r}; the file needs columns step,{lr_key},{loss_key}{hint}")
     col = {role: header.index(name) if name in header else None for role, name in wanted.items()}
     step_col = header.index("step")
+    run_col = header.index("run") if "run" in header else None
     if len(lines) == 1:
         raise DataError(f"{path}: the file has a header but no rows; add one row per logged step")
+    runs: dict[str, None] = {}
     for (n, _), row in zip(lines[1:], csv.reader(text for _, text in lines[1:])):
         if len(row) != len(header):
             raise DataError(f"{path}: line {n}: {len(row)} fields but the header has {len(header)} "
                             f"({','.join(header)}); fix or delete that row")
+        if run_col is not None:
+            runs[row[run_col].strip()] = None
+            if run is not None and row[run_col].strip() != run:
+                continue
         _add_row(table, row[step_col],
                  row[col["lr"]] if col["lr"] is not None else None,
                  row[col["loss"]] if col["loss"] is not None else None, f"line {n}")
+    _check_runs(path, run, run_col is not None, list(runs))
     return table
 
 
-def _read_jsonl(path: Path, loss_key: str, lr_key: str, *, need_lr: bool, need_loss: bool) -> Table:
+def _read_jsonl(path: Path, loss_key: str, lr_key: str, *, need_lr: bool, need_loss: bool,
+                run: str | None = None) -> Table:
     table = Table(str(path), fmt="jsonl", keys={"loss": loss_key, "lr": lr_key})
     seen = {"lr": False, "loss": False}
+    runs: dict[str, None] = {}
     with path.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, start=1):
             if not line.strip():
@@ -119,9 +145,14 @@ def _read_jsonl(path: Path, loss_key: str, lr_key: str, *, need_lr: bool, need_l
                                 f'{{"step": 1, "{lr_key}": 0.001, "{loss_key}": 2.5}}') from None
             if not isinstance(obj, dict) or "step" not in obj:
                 raise DataError(f"{path}: line {n}: expected an object with a 'step' key, got {line.strip()[:60]!r}")
+            if "run" in obj:
+                runs[str(obj["run"])] = None
+                if run is not None and str(obj["run"]) != run:
+                    continue
             seen["lr"] |= lr_key in obj
             seen["loss"] |= loss_key in obj
             _add_row(table, obj["step"], obj.get(lr_key), obj.get(loss_key), f"line {n}")
+    _check_runs(path, run, bool(runs), list(runs))
     if not table.steps:
         raise DataError(f"{path}: the file is empty; expected one JSON object per line with keys "
                         f"step, {lr_key}, {loss_key}")
@@ -162,16 +193,21 @@ def _read_tensorboard(path: Path, loss_key: str, lr_key: str, *, need_lr: bool, 
     return table
 
 
-def read_table(path: Path, loss_key: str, lr_key: str, *, need_lr: bool, need_loss: bool) -> Table:
+def read_table(path: Path, loss_key: str, lr_key: str, *, need_lr: bool, need_loss: bool,
+               run: str | None = None) -> Table:
+    """Rows of a CSV, JSONL or TensorBoard file (format from the name); ``run`` picks rows by a ``run`` column."""
     if not path.exists():
         raise DataError(f"{path}: no such file or directory; check the path")
     is_tb = path.is_dir() or "tfevents" in path.name
     if is_tb:
+        if run is not None:
+            raise DataError(f"{path}: --run / run= applies to CSV and JSONL files; point to the run's own "
+                            f"TensorBoard directory instead")
         return _read_tensorboard(path, loss_key, lr_key, need_lr=need_lr, need_loss=need_loss)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".txt"):
-        return _read_csv(path, loss_key, lr_key, need_lr=need_lr, need_loss=need_loss)
+        return _read_csv(path, loss_key, lr_key, need_lr=need_lr, need_loss=need_loss, run=run)
     if suffix in JSONL_SUFFIXES:
-        return _read_jsonl(path, loss_key, lr_key, need_lr=need_lr, need_loss=need_loss)
+        return _read_jsonl(path, loss_key, lr_key, need_lr=need_lr, need_loss=need_loss, run=run)
     raise DataError(f"{path}: unknown file type {suffix or '(no suffix)'!r}; use .csv (step,lr,loss), .jsonl "
                     f"(one JSON object per line) or a TensorBoard event file / run directory")

@@ -176,6 +176,7 @@ def load_curve(
     lr_fill: str = "none",
     schedule: str | Schedule | None = None,
     loss_from: int | None = None,
+    run: str | None = None,
     name: str | None = None,
 ) -> Curve:
     """Read a training curve (per-step lr, loss where measured) from a CSV, JSONL or TensorBoard file.
@@ -194,7 +195,9 @@ def load_curve(
         schedule: a :mod:`losslab.schedules` spec or :class:`~losslab.schedules.Schedule` giving every step's lr.
         loss_from: ignore measured losses before this step (counted from 1), e.g. when the log dropped the warmup's
             lr but kept its loss; their lr still counts. Recorded as ``meta["loss_from"]``.
-        name: label of the curve (default: the file name without suffix).
+        run: for CSV / JSONL files holding several runs in a ``run`` column, the run to read (required when
+            the column has more than one value; an error lists them).
+        name: label of the curve (default: the file name without suffix, plus ``:RUN`` when ``run`` is given).
 
     Returns:
         A :class:`~losslab.forecast.Curve` with ``T`` = the last logged step; ``meta`` records the source, the
@@ -217,12 +220,14 @@ def load_curve(
         raise ConfigError(f"loss_from must be a step >= 1, got {loss_from!r}")
     sched = _as_schedule(schedule) if schedule is not None else None
     p = Path(path)
-    table = read_table(p, loss_tag or "loss", lr_tag or "lr", need_lr=sched is None, need_loss=True)
+    table = read_table(p, loss_tag or "loss", lr_tag or "lr", need_lr=sched is None, need_loss=True, run=run)
     lr, loss, meta = _assemble(table, warmup_steps=warmup_steps, lr_fill=lr_fill, schedule=sched)
     if loss_from is not None:
         loss[: loss_from - 1] = np.nan
         meta["loss_from"] = loss_from
-    label = name or (p.name.split(".")[0] if "tfevents" in p.name else p.stem)
+    label = name or (p.name.split(".")[0] if "tfevents" in p.name else p.stem) + (f":{run}" if run else "")
+    if run is not None:
+        meta["run"] = run
     if not np.any(np.isfinite(loss)):
         where = f" at or after step {loss_from} (--loss-from)" if loss_from is not None else ""
         raise DataError(f"{p}: no row has a loss value{where}; fill the {table.keys['loss']!r} column "
