@@ -6,6 +6,8 @@ file is turned into a :class:`~losslab.forecast.Curve` by these rules:
 * **Columns / keys.** ``step`` plus the lr and loss columns (``lr`` and ``loss`` unless ``lr_tag`` / ``loss_tag``
   name others; extra columns are ignored). A blank (CSV), ``null`` or missing (JSONL) loss, or ``nan``, means *not
   measured at that step*. The lr must be a finite number >= 0 where given; a blank lr means *not logged*.
+  A file holding several runs in a ``run`` column is read one run at a time with ``run=ID`` (CLI ``--run ID``);
+  ``loss_from=STEP`` (CLI ``--loss-from``) ignores the losses before ``STEP`` but keeps their lr.
 * **Steps** are integers that strictly increase. Steps counted from 0 (``0, 1, 2, ...``, as many training loops log
   them) are read as 0-based: the row of step ``k`` becomes step ``k + 1``; ``meta["zero_based"]`` records it.
 * **Every step needs an lr.** Files that log every step from 1 need nothing else. For the others pick one:
