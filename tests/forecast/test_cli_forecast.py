@@ -254,3 +254,18 @@ def test_fit_from_tensorboard_and_jsonl_recovers_a_known_power_law(tmp_path, cap
         assert params["E"] == pytest.approx(2.0, rel=2e-3)
         assert params["A"] == pytest.approx(3.0, rel=2e-2)
         assert params["alpha"] == pytest.approx(0.5, rel=2e-2)
+
+
+def test_run_and_loss_from_options(tmp_path, capsys):
+    full = load_curve(DEMO / "constant.csv")
+    cells = ["" if np.isnan(v) else repr(float(v)) for v in full.loss]
+    rows = "".join(f"{r},{s},{float(full.lr[s - 1])!r},{cells[s - 1]}\n" for r in ("seed0", "seed1") for s in full.steps)
+    multi = tmp_path / "seeds.csv"
+    multi.write_text("run,step,lr,loss\n" + rows)
+    out = tmp_path / "fit.json"
+    _one_line_error(capsys, ["forecast", "fit", str(multi), "--law", "power", "-o", str(out)],
+                    "holds 2 runs (column 'run': seed0, seed1)", "--run ID")
+    assert main(["--quiet", "forecast", "fit", str(multi), "--run", "seed1", "--loss-from", "1000", "--law", "power",
+                 "-o", str(out)]) == 0
+    curve = json.loads(out.read_text())["diagnostics"]["curves"][0]
+    assert curve["name"] == "seeds:seed1" and curve["first_step"] >= 1000
