@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from losslab._errors import ConfigError, UnknownNameError
 from losslab.forecast.laws import MultiPowerLaw, PowerLaw, TissueLaw, registry
@@ -167,3 +169,20 @@ def test_mpl_constant_schedule_without_drops(warmup):
     got = MultiPowerLaw(warmup=warmup).predict(theta, lr, np.array([10, 500]))
     ref = mpl_reference(theta, lr, [10, 500], eta0=0.0 if warmup == "raw" else 1e-3)
     np.testing.assert_allclose(got, ref, rtol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 400), st.floats(1e-5, 1e-3)), min_size=1, max_size=6),
+       st.sampled_from(["raw", "area"]))
+def test_piecewise_constant_schedules_block_merge_equals_double_sum(pieces, warmup):
+    # step schedules (any number of drops and rises): the merged evaluation must equal the O(n^2) double sum
+    lr = np.concatenate([np.full(n, v) for n, v in pieces])
+    steps = np.unique(np.linspace(1, lr.size, 7).round().astype(np.int64))
+    theta = TRUE["mpl"]
+    got = MultiPowerLaw(warmup=warmup).predict(theta, lr, steps)
+    _, lr_ann, eta0, _ = effective_lr(lr, warmup)
+    ref = mpl_reference(theta, lr_ann, steps, eta0)
+    ref += theta[1] * (np.cumsum(lr)[steps - 1] ** -theta[2] - np.cumsum(lr_ann)[steps - 1] ** -theta[2])
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+    _, s2 = annealing_areas(lr, 0.99, "raw")
+    np.testing.assert_allclose(s2, tissue_reference(lr, 0.99, 0.0)[1], rtol=1e-9, atol=1e-15)
