@@ -1,7 +1,14 @@
 """Things that keep training stable: spike detectors, skip-step and rollback, and stabilising building blocks.
 
-- :mod:`~losslab.stability.spikes`: online spike detectors (z-score, ratio, threshold, non-finite).
-- ``registry``: the detector catalogue (``losslab list detectors``).
+- spikes: online spike detectors (z-score, ratio, threshold, non-finite) and ``detect_spikes``;
+  ``registry`` is their catalogue (``losslab list detectors``).
+- skip / rollback: :class:`SkipStepOnSpike` wraps any optimizer; :class:`Rollback` restores the last good state
+  and skips the following batches (PaLM).
+- layers: GLM-130B embedding-gradient shrink, QK-norm, LayerNorm scaling (curse of depth), logit soft-cap,
+  z-loss.
+- moe: auxiliary-loss-free MoE load balancing (DeepSeek).
+- sensitivity: LR sensitivity and a parallel LR-sweep runner on any ``concurrent.futures`` executor.
+- precision: numeric-deviation probe of an op in low precision against float64.
 """
 
 from __future__ import annotations
@@ -9,6 +16,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from losslab._registry import Info, Registry
+from losslab.stability.layers import (
+    LayerNormScaling,
+    QKNorm,
+    ShrinkEmbeddingGradient,
+    SoftCap,
+    apply_layernorm_scaling,
+    shrink_embedding_gradient,
+    softcap,
+    z_loss,
+)
+from losslab.stability.moe import AuxLossFreeRouter, aux_free_bias_update, max_violation
+from losslab.stability.precision import NumericDeviation, numeric_deviation
+from losslab.stability.rollback import Rollback, RollbackEvent
+from losslab.stability.sensitivity import LRSweepResult, RayExecutor, lr_sensitivity, lr_sweep, plot_lr_sweep
+from losslab.stability.skip import SkipStepOnSpike, TrainingDivergedError, total_grad_norm
 from losslab.stability.spikes import (
     NonFiniteDetector,
     RatioDetector,
@@ -20,15 +42,38 @@ from losslab.stability.spikes import (
 )
 
 __all__ = [
+    "AuxLossFreeRouter",
     "DetectorInfo",
+    "LRSweepResult",
+    "LayerNormScaling",
     "NonFiniteDetector",
+    "NumericDeviation",
+    "QKNorm",
     "RatioDetector",
+    "RayExecutor",
+    "Rollback",
+    "RollbackEvent",
+    "ShrinkEmbeddingGradient",
+    "SkipStepOnSpike",
+    "SoftCap",
     "SpikeDetector",
     "SpikeEvent",
     "ThresholdDetector",
+    "TrainingDivergedError",
     "ZScoreDetector",
+    "apply_layernorm_scaling",
+    "aux_free_bias_update",
     "detect_spikes",
+    "lr_sensitivity",
+    "lr_sweep",
+    "max_violation",
+    "numeric_deviation",
+    "plot_lr_sweep",
     "registry",
+    "shrink_embedding_gradient",
+    "softcap",
+    "total_grad_norm",
+    "z_loss",
 ]
 
 
