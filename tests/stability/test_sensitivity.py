@@ -1,0 +1,158 @@
+"""LR sensitivity: hand-computed cases (NaN runs included), bad input, and the sweep runner on several executors."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from losslab import ConfigError, DataError
+from losslab.stability import LRSweepResult, lr_sensitivity, lr_sweep, plot_lr_sweep
+from tests.conftest import REPO
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(("losses", "l0", "want"), [
+    ({1e-3: 3.0, 1e-2: 2.0, 1e-1: 2.5}, 5.0, (3.0 + 2.0 + 2.5) / 3 - 2.0),
+    ({1e-3: 3.0, 1e-2: 2.0, 1e-1: NAN}, 5.0, (3.0 + 2.0 + 5.0) / 3 - 2.0),  # NaN run counts as l0
+    ({1e-3: 3.0, 1e-2: 2.0, 1e-1: INF}, 5.0, (3.0 + 2.0 + 5.0) / 3 - 2.0),
+    ({1e-3: 3.0, 1e-2: 2.0, 1e-1: 1e9}, 5.0, (3.0 + 2.0 + 5.0) / 3 - 2.0),  # worse than init == diverged
+    ({1e-3: 3.0, 1e-2: 2.0, 1e-1: -INF}, 5.0, (3.0 + 2.0 + 5.0) / 3 - 2.0),
+    ({3e-4: 4.0, 1e-3: 3.0, 3e-3: 2.0, 1e-2: 2.2, 3e-2: NAN, 1e-1: NAN}, 6.0,
+     (4.0 + 3.0 + 2.0 + 2.2 + 6.0 + 6.0) / 6 - 2.0),
+    ({1e-2: 2.0}, 5.0, 0.0),  # one LR: no sensitivity
+    ({1e-3: 2.0, 1e-2: 2.0}, 5.0, 0.0),
+])
+def test_lr_sensitivity_hand_computed(losses, l0, want):
+    assert lr_sensitivity(losses, l0) == pytest.approx(want, abs=1e-12)
+
+
+def test_worse_than_init_run_is_equivalent_to_nan_run():
+    base = {1e-3: 3.0, 1e-2: 2.0}
+    assert lr_sensitivity({**base, 1.0: 50.0}, 4.0) == lr_sensitivity({**base, 1.0: NAN}, 4.0)
+
+
+def test_all_runs_diverged_warns_and_returns_zero():
+    with pytest.warns(RuntimeWarning, match="no run"):
+        assert lr_sensitivity({1e-2: NAN, 1e-1: 9.0}, 4.0) == 0.0
+
+
+@pytest.mark.parametrize(("args", "err", "match"), [
+    (({}, 3.0), ConfigError, "final_losses_by_lr is empty"),
+    (({1e-3: 2.0}, NAN), ConfigError, "init_loss"),
+    (({1e-3: 2.0}, INF), ConfigError, "init_loss"),
+    (({1e-3: 2.0}, None), ConfigError, "init_loss"),
+    (({0.0: 2.0}, 3.0), ConfigError, "learning rate"),
+    (({-1e-3: 2.0}, 3.0), ConfigError, "learning rate"),
+    (({1e-3: "x"}, 3.0), DataError, "numbers"),
+    (([(1e-3, 2.0)], 3.0), ConfigError, "mapping"),
+])
+def test_lr_sensitivity_bad_input(args, err, match):
+    with pytest.raises(err, match=match):
+        lr_sensitivity(*args)
+
+
+# -- the sweep runner ------------------------------------------------------------------------------------------
+def quadratic_train(lr, z_loss=0.0, steps=20):
+    """GD on f(w) = w^2 / 2 * curvature from w=2: diverges when lr * curvature > 2. Module level: picklable."""
+    curvature = 10.0 / (1.0 + 100.0 * z_loss)  # an "intervention" that lowers the curvature
+    w = 2.0
+    init = 0.5 * curvature * w * w
+    for _ in range(steps):
+        w -= lr * curvature * w
+        if abs(w) > 1e6:
+            return {"final_loss": NAN, "init_loss": init}
+    return {"final_loss": 0.5 * curvature * w * w, "init_loss": init}
+
+
+def raising_train(lr):
+    if lr > 0.05:
+        raise RuntimeError("out of memory (simulated)")
+    return 1.0 - lr
+
+
+LRS = [1e-3, 1e-2, 0.1, 0.15, 0.3]
+
+
+def _expected(z):
+    out = {lr: quadratic_train(lr, z) for lr in LRS}
+    return lr_sensitivity({lr: o["final_loss"] for lr, o in out.items()}, out[LRS[0]]["init_loss"])
+
+
+def test_lr_sweep_threads_matches_formula_and_orders_settings():
+    settings = {"baseline": {}, "z-loss": {"z_loss": 0.01}}
+    with ThreadPoolExecutor(2) as ex:
+        r = lr_sweep(quadratic_train, LRS[::-1], settings=settings, executor=ex, quiet=True)
+        assert ex.submit(lambda: 1).result() == 1  # a passed executor is left open
+    assert isinstance(r, LRSweepResult) and r.lrs.tolist() == sorted(LRS)
+    assert r.init_loss == {"baseline": 20.0, "z-loss": 10.0}
+    assert r.sensitivity["baseline"] == pytest.approx(_expected(0.0), rel=1e-12)
+    assert r.sensitivity["z-loss"] == pytest.approx(_expected(0.01), rel=1e-12)
+    assert r.sensitivity["z-loss"] < r.sensitivity["baseline"]
+    assert math.isnan(r.final_losses["baseline"][-1])  # lr 0.3 * curvature 10 > 2 diverges
+    assert "LR sensitivity" in r.summary() and r.to_dict()["provenance"]["settings"]["settings"] == settings
+
+
+def test_lr_sweep_records_errors_as_diverged():
+    with ThreadPoolExecutor(2) as ex, pytest.warns(RuntimeWarning, match="raised"):
+        r = lr_sweep(raising_train, [0.01, 0.02, 0.1], init_loss=2.0, executor=ex, quiet=True)
+    assert list(r.errors["baseline"]) == [0.1] and "out of memory" in r.errors["baseline"][0.1]
+    assert r.sensitivity["baseline"] == pytest.approx(lr_sensitivity({0.01: 0.99, 0.02: 0.98, 0.1: NAN}, 2.0))
+
+
+def test_lr_sweep_bad_input():
+    for kwargs, match in [({"lrs": []}, "lrs is empty"), ({"lrs": [1e-3, -1.0]}, "lrs"),
+                          ({"lrs": [1e-3, 1e-3]}, "duplicates"), ({"lrs": [1e-3], "init_loss": NAN}, "init_loss"),
+                          ({"lrs": [1e-3], "settings": {}}, "settings"),
+                          ({"lrs": [1e-3], "settings": {"a": {}}, "init_loss": {"b": 1.0}}, "init_loss"),
+                          ({"lrs": [1e-3], "max_workers": 0}, "max_workers")]:
+        with pytest.raises(ConfigError, match=match):
+            lr_sweep(quadratic_train, **kwargs)
+    with pytest.raises(ConfigError, match="callable"):
+        lr_sweep(3, [1e-3])  # type: ignore[arg-type]
+    with ThreadPoolExecutor(1) as ex, pytest.raises(ConfigError, match="no init_loss"):
+        lr_sweep(raising_train, [0.01], executor=ex, quiet=True)
+
+
+@pytest.mark.slow
+def test_lr_sweep_default_process_pool():
+    r = lr_sweep(quadratic_train, [1e-2, 0.3], max_workers=2, quiet=True)
+    assert r.provenance["settings"]["executor"] == "ProcessPoolExecutor"
+    assert r.sensitivity["baseline"] == pytest.approx(
+        lr_sensitivity({1e-2: quadratic_train(1e-2)["final_loss"], 0.3: NAN}, 20.0))
+
+
+@pytest.mark.slow
+def test_lr_sweep_on_ray():
+    pytest.importorskip("ray")
+    from losslab.stability import RayExecutor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # workers must import this checkout's losslab and tests package, not an installed copy
+        path = os.pathsep.join([str(REPO / "src"), str(REPO)])
+        with RayExecutor(num_cpus=1, ray_init={"num_cpus": 1, "include_dashboard": False, "log_to_driver": False,
+                                               "runtime_env": {"env_vars": {"PYTHONPATH": path}}}) as ex:
+            r = lr_sweep(quadratic_train, [1e-2, 0.1, 0.3], init_loss=20.0, executor=ex, quiet=True)
+    assert r.sensitivity["baseline"] == pytest.approx(
+        lr_sensitivity({lr: quadratic_train(lr)["final_loss"] for lr in (1e-2, 0.1, 0.3)}, 20.0))
+
+
+def test_plot_lr_sweep(tmp_path):
+    r = LRSweepResult(np.array([1e-3, 1e-2, 1e-1]), {"baseline": np.array([3.0, 2.0, NAN]),
+                                                     "qk-norm": np.array([2.5, 2.0, 2.2])},
+                      {"baseline": 4.0, "qk-norm": 4.0}, {"baseline": 1.0, "qk-norm": 0.23})
+    fig = plot_lr_sweep(r, title="toy")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_title() == "toy"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["baseline (LR sensitivity 1)", "qk-norm (LR sensitivity 0.23)"]
+    crosses = [ln for ln in ax.lines if ln.get_marker() == "x"]
+    assert len(crosses) == 1 and crosses[0].get_ydata().tolist() == [4.0]  # the NaN run drawn at l0
+    fig.savefig(tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").stat().st_size > 1000
