@@ -164,6 +164,11 @@ def test_load_state_dict_of_other_kind_raises_and_changes_nothing():
     assert det.state_dict() == before
 
 
+def test_min_history_defaults_to_half_the_window():
+    assert ZScoreDetector().min_history == 64 and ZScoreDetector(window=32).min_history == 16
+    assert ZScoreDetector(window=3).min_history == 2
+
+
 def test_reset_forgets():
     det = ZScoreDetector(window=4, threshold=1.0, min_history=2)
     for s, x in enumerate([1.0, 2.0, 100.0], 1):

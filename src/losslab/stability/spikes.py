@@ -135,8 +135,8 @@ class ZScoreDetector:
     Args:
         window: number of previous accepted values the statistics use (OLMo-core: 128). At least 2.
         threshold: number of standard deviations (OLMo-core: 6). Must be > 0.
-        min_history: values needed before any event (OLMo-core ``SkipStepOptimizer``: ``max(2, window // 2)``
-            = 64). Between 2 and ``window``.
+        min_history: values needed before any event; ``None`` (default) is OLMo-core ``SkipStepOptimizer``'s
+            ``max(2, window // 2)``, i.e. 64 for the default window. Between 2 and ``window``.
         ddof: delta degrees of freedom of the std: 0 (population, OLMo-core monitor) or 1 (unbiased,
             OLMo-core ``SkipStepOptimizer``'s ``torch.std_mean``).
 
@@ -161,9 +161,12 @@ class ZScoreDetector:
 
     kind = "zscore"
 
-    def __init__(self, window: int = 128, threshold: float = 6.0, min_history: int = 64, ddof: int = 0) -> None:
+    def __init__(self, window: int = 128, threshold: float = 6.0, min_history: int | None = None,
+                 ddof: int = 0) -> None:
         self.window = _check_positive_int("window", window, 2)
         self.threshold = _check_positive_float("threshold", threshold)
+        if min_history is None:
+            min_history = max(2, self.window // 2)
         self.min_history = _check_positive_int("min_history", min_history, 2)
         if self.min_history > self.window:
             raise ConfigError(
