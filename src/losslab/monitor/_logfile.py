@@ -35,7 +35,8 @@ class MonitorLog:
     """A monitor log in memory: one NumPy column per metric (NaN where not measured) and the events.
 
     Attributes:
-        columns: ``{"step": int array, "<metric>": float array, ...}``, all of the same length, sorted by step.
+        columns: ``{"step": int array, "<metric>": float array, ...}``, all of the same length (sorted by step
+            when read with ``dedupe=True``, else in file order).
         events: list of event dicts (``step``, ``metric``, ``value``, ``score``, ``detector``, ``message``).
         path: the file it came from (``None`` when built in memory).
     """
