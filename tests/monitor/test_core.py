@@ -361,3 +361,27 @@ def test_importing_monitor_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(REPO / "src"), "PATH": ""})
     assert out.stdout.strip() == "[]"
+
+
+def test_monitor_clip_grad_norm_matches_torch_in_one_pass():
+    torch.manual_seed(0)
+    model_a, model_b = TinyGPT(layers=1), TinyGPT(layers=1)
+    model_b.load_state_dict(model_a.state_dict())
+    x, y = lm_batch(torch.Generator().manual_seed(0))
+    for m in (model_a, model_b):
+        F.cross_entropy(m(x).flatten(0, 1), y.flatten()).backward()
+    model_a.head.weight.grad = None  # a parameter without gradient is skipped by both
+    model_b.head.weight.grad = None
+    monitor = TrainingMonitor(model_a, every_n_steps=1)
+    ours = monitor.clip_grad_norm_(0.05)
+    theirs = torch.nn.utils.clip_grad_norm_(model_b.parameters(), 0.05)
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-6) and float(theirs) > 0.05
+    for (name, pa), pb in zip(model_a.named_parameters(), model_b.parameters()):
+        if pb.grad is None:
+            assert pa.grad is None
+            continue
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-6, atol=1e-9, msg=name)
+    monitor.step(loss=1.0)
+    assert monitor.history["grad_norm"][-1] == pytest.approx(float(theirs), rel=1e-6)  # the unclipped norm
+    with pytest.raises(ConfigError, match="max_norm must be a finite number > 0"):
+        monitor.clip_grad_norm_(float("nan"))

@@ -120,7 +120,8 @@ class TrainingMonitor:
         flush_every: flush the sinks every this many steps (1: a killed run loses nothing).
         keep_history: keep every row in memory (:attr:`history`).
         track_update_ratio: snapshot parameters in ``before_step`` on sampled steps (one extra copy of the
-            parameters, freed in ``step``).
+            parameters, kept between sampled steps so that no memory is allocated per step; set ``False`` when
+            memory is tight).
         grads_synchronized: see Distributed.
         process_group: process group for the reduction (default: world).
 
@@ -202,6 +203,7 @@ class TrainingMonitor:
         self._group_of: list[int] = []
         self._index_cache: dict[tuple[Any, ...], Tensor] = {}
         self._pre: dict[str, Any] | None = None
+        self._snap_buf: list[Tensor] | None = None
         self._attn = AttentionHooks()
         self._warned: set[str] = set()
         self._errors: list[str] = []
@@ -251,6 +253,17 @@ class TrainingMonitor:
             self._warned.add(kind)
             warnings.warn(f"losslab {message} (further warnings of this kind are silenced)", MonitorWarning,
                           stacklevel=3)
+
+    def _snapshot(self) -> list[Tensor]:
+        """Copy the parameters into a buffer kept between sampled steps (no fresh allocation each time)."""
+        assert self._params is not None
+        current = [p.detach() for p in self._params]
+        buf = self._snap_buf
+        if buf is None or len(buf) != len(current) or any(b.shape != c.shape for b, c in zip(buf, current)):
+            buf = self._snap_buf = [c.clone() for c in current]
+        else:
+            torch._foreach_copy_(buf, current)
+        return buf
 
     def _grad_piece(self) -> tuple[Tensor, Tensor, list[bool]] | None:
         assert self._params is not None
@@ -326,11 +339,63 @@ class TrainingMonitor:
             pre: dict[str, Any] = {"step": upcoming, "grads": self._grad_piece(), "snapshot": None}
             if self.track_update_ratio and self.is_sampled(upcoming):
                 assert self._params is not None
-                pre["snapshot"] = [p.detach().clone() for p in self._params]
+                pre["snapshot"] = self._snapshot()
             self._pre = pre
         except Exception as exc:
             self._pre = None
             self._problem("before_step", exc)
+
+    def clip_grad_norm_(self, max_norm: float, model: nn.Module | None = None,
+                        optimizer: torch.optim.Optimizer | None = None, step: int | None = None) -> Tensor:
+        r""":meth:`before_step` and gradient clipping with ONE pass over the gradients.
+
+        Same rule as ``torch.nn.utils.clip_grad_norm_`` (L2 norm over all gradients of the model):
+        every gradient is multiplied by :math:`\min(1, \text{max\_norm} / (\lVert g\rVert + 10^{-6}))`.
+        Use it instead of torch's function to avoid reading the gradients twice (once to clip, once to monitor).
+
+        Args:
+            max_norm: the largest allowed total norm (finite, > 0).
+            model, optimizer, step: as in :meth:`before_step`.
+
+        Returns:
+            The total norm before clipping (0-d tensor on the gradients' device), like torch's function.
+
+        Raises:
+            ConfigError: ``max_norm`` is not a finite positive number (nothing is measured or clipped).
+
+        Notes:
+            With ``grads_synchronized=False`` under ``torch.distributed``, the squared norm is summed over ranks
+            (one ``all_reduce``) before clipping, so every shard is scaled by the same global factor.
+        """
+        try:
+            limit = float(max_norm)
+        except (TypeError, ValueError):
+            limit = math.nan
+        if not math.isfinite(limit) or limit <= 0:
+            raise ConfigError(f"max_norm must be a finite number > 0, got {max_norm!r}; e.g. max_norm=1.0")
+        self.before_step(model, optimizer, step)
+        pre = self._pre
+        if pre is None or pre["grads"] is None or self._params is None:
+            params = self._params if self._params is not None else (
+                [p for p in self.model.parameters()] if self.model is not None else [])
+            return torch.nn.utils.clip_grad_norm_(params, limit)
+        per_group = pre["grads"][0]
+        total_sq = per_group.sum()
+        _, world = dist_info(self.process_group)
+        if world > 1 and not self.grads_synchronized:
+            import torch.distributed as dist
+
+            total_sq = total_sq.clone()
+            dist.all_reduce(total_sq, group=self.process_group)
+        total = total_sq.sqrt()
+        coef = torch.clamp(limit / (total + 1e-6), max=1.0)
+        by_device: dict[torch.device, list[Tensor]] = {}
+        for p in self._params:
+            if p.grad is not None and not p.grad.is_sparse:
+                by_device.setdefault(p.grad.device, []).append(p.grad)
+        for device, grads in by_device.items():
+            torch._foreach_mul_(grads, coef.to(device=device, dtype=grads[0].dtype))
+        return total
 
     @contextmanager
     def stepping(self, loss: Any = None, logits: Tensor | None = None, *, model: nn.Module | None = None,
@@ -406,9 +471,9 @@ class TrainingMonitor:
                     snap = pre["snapshot"]
                     index = self._index(self._group_of, snap[0].device) if snap else None
                     if index is not None:
-                        diff = torch._foreach_sub([p.detach() for p in self._params], snap)
-                        usq, _ = grouped_sq_norms(diff, index, len(self._layers))
                         psq, _ = grouped_sq_norms(snap, index, len(self._layers))
+                        torch._foreach_sub_(snap, [p.detach() for p in self._params])  # in place: -update
+                        usq, _ = grouped_sq_norms(snap, index, len(self._layers))
                         add([f"usq/{name}" for name in self._layers], usq, PARAM)
                         add([f"psq/{name}" for name in self._layers], psq, PARAM)
             except Exception as exc:

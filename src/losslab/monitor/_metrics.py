@@ -51,7 +51,11 @@ def grouped_sq_norms(tensors: Sequence[Tensor], index: Tensor, n_groups: int) ->
     if not tensors:
         return torch.zeros(n_groups, dtype=dtype, device=device), torch.zeros(0, dtype=dtype, device=device)
     norms = torch._foreach_norm(list(tensors))
-    per_tensor = torch.stack([n.to(device=device, dtype=dtype) for n in norms]).square()
+    try:
+        stacked = torch.stack(norms)
+    except RuntimeError:  # tensors on several devices or of several dtypes
+        stacked = torch.stack([n.to(device=device, dtype=dtype) for n in norms])
+    per_tensor = stacked.to(device=device, dtype=dtype).square()
     per_group = torch.zeros(n_groups, dtype=dtype, device=device).index_add_(0, index, per_tensor)
     return per_group, per_tensor
 
@@ -120,7 +124,7 @@ def adam_tiny_v_count(optimizer: torch.optim.Optimizer) -> tuple[Tensor, int] | 
         Wortsman et al., "Small-scale proxies for large-scale Transformer training instabilities",
         arXiv:2309.14322, 2023.
     """
-    counts: list[Tensor] = []
+    buckets: dict[tuple[float, torch.device], list[Tensor]] = {}  # one threshold -> one cat + compare + sum
     total = 0
     for group in optimizer.param_groups:
         eps = group.get("eps", 1e-8)
@@ -137,13 +141,13 @@ def adam_tiny_v_count(optimizer: torch.optim.Optimizer) -> tuple[Tensor, int] | 
             t = float(step) if not isinstance(step, Tensor) else float(step.detach().cpu())
             correction = 1.0 - beta2 ** max(t, 1.0) if beta2 < 1.0 else 1.0
             threshold = float(eps) ** 2 * correction
-            counts.append((v <= threshold).sum().to(torch.float64))
+            buckets.setdefault((threshold, v.device), []).append(v.detach().reshape(-1))
             total += v.numel()
-    if not counts:
+    if not buckets:
         return None
+    counts = [(torch.cat(vs) <= threshold).sum() for (threshold, _), vs in buckets.items()]
     device = counts[0].device
-    return torch.stack([c.to(device) for c in counts]).sum(), total
-
+    return torch.stack([c.to(device=device, dtype=torch.float64) for c in counts]).sum(), total
 
 def safe_ratio(num: float | None, den: float | None) -> float | None:
     """``sqrt(num / den)`` of two squared norms; NaN when ``den`` is 0; ``None`` when either is missing."""
