@@ -151,8 +151,25 @@ def test_plot_lr_sweep(tmp_path):
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_title() == "toy"
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["baseline (LR sensitivity 1)", "qk-norm (LR sensitivity 0.23)"]
-    crosses = [ln for ln in ax.lines if ln.get_marker() == "x"]
+    assert labels == ["baseline (LR sensitivity 1)", "qk-norm (LR sensitivity 0.23)", "loss at init ℓ0",
+                      "diverged (counted as ℓ0)"]
+    crosses = [ln for ln in ax.lines if ln.get_marker() == "x" and len(ln.get_ydata())]
     assert len(crosses) == 1 and crosses[0].get_ydata().tolist() == [4.0]  # the NaN run drawn at l0
     fig.savefig(tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_tiny_transformer_example_trains(monkeypatch):
+    """The example's training function runs (few steps) and the qk-norm/z-loss switches are wired in."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lr_example", REPO / "examples" / "lr_sensitivity_tiny_transformer.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "STEPS", 12)
+    monkeypatch.setattr(mod, "WARMUP", 3)
+    out = mod.train(1e-2)
+    assert out["final_loss"] < out["init_loss"] and abs(out["init_loss"] - math.log(mod.VOCAB)) < 0.5
+    assert any(isinstance(m, mod.QKNorm) for m in mod.TinyGPT(qk_norm=True).modules())
+    assert mod.train(1e-2, z_loss_coef=1e-4)["final_loss"] != out["final_loss"]

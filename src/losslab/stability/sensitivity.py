@@ -342,25 +342,27 @@ def plot_lr_sweep(result: LRSweepResult, title: str | None = None) -> Figure:
     fig = Figure(figsize=(6.4, 4.2), constrained_layout=True)
     ax = fig.add_subplot()
     l0_values = set()
+    any_bad = False
     for i, (name, losses) in enumerate(result.final_losses.items()):
         color = f"C{i}"
         l0 = result.init_loss[name]
         l0_values.add(l0)
         clipped = _clip(losses, l0)
         bad = ~np.isfinite(losses) | (losses > l0)
+        any_bad = any_bad or bool(bad.any())
         ax.plot(result.lrs, clipped, "-", color=color, alpha=0.8,
                 label=f"{name} (LR sensitivity {result.sensitivity[name]:.3g})")
         ax.plot(result.lrs[~bad], clipped[~bad], "o", color=color)
         if bad.any():
             ax.plot(result.lrs[bad], clipped[bad], "x", color=color, markersize=9, mew=2)
-    for l0 in sorted(l0_values):
-        ax.axhline(l0, color="0.5", ls="--", lw=1)
-    ax.text(0.01, 0.98, "dashed: loss at init ℓ0; x: diverged (counted as ℓ0)", transform=ax.transAxes,
-            va="top", fontsize=8, color="0.3")
+    for j, l0 in enumerate(sorted(l0_values)):
+        ax.axhline(l0, color="0.5", ls="--", lw=1, label="loss at init ℓ0" if j == 0 else None)
+    if any_bad:
+        ax.plot([], [], "x", color="0.3", markersize=9, mew=2, label="diverged (counted as ℓ0)")
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("final loss (clipped at ℓ0)")
     ax.set_title(title or "Learning-rate sensitivity")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(True, which="both", alpha=0.3)
     return fig
