@@ -167,8 +167,8 @@ def test_tiny_transformer_example_trains(monkeypatch):
     spec = importlib.util.spec_from_file_location("lr_example", REPO / "examples" / "lr_sensitivity_tiny_transformer.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    monkeypatch.setattr(mod, "STEPS", 12)
-    monkeypatch.setattr(mod, "WARMUP", 3)
+    monkeypatch.setattr(mod, "STEPS", 6)
+    monkeypatch.setattr(mod, "WARMUP", 2)
     out = mod.train(1e-2)
     assert out["final_loss"] < out["init_loss"] and abs(out["init_loss"] - math.log(mod.VOCAB)) < 0.5
     assert any(isinstance(m, mod.QKNorm) for m in mod.TinyGPT(qk_norm=True).modules())

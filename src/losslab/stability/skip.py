@@ -28,6 +28,10 @@ def total_grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
         >>> p = torch.zeros(2, requires_grad=True); p.grad = torch.tensor([3.0, 4.0])
         >>> float(total_grad_norm([p]))
         5.0
+
+    References:
+        Pascanu, Mikolov and Bengio, "On the difficulty of training Recurrent Neural Networks",
+        arXiv:1211.5063, 2013 (the global norm used for clipping).
     """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:

@@ -181,9 +181,9 @@ class ZScoreDetector:
         self.n_events = 0
 
     def _stats(self) -> tuple[float, float]:
-        n = len(self._history)
-        mean = math.fsum(self._history) / n
-        var = math.fsum((h - mean) ** 2 for h in self._history) / (n - self.ddof)
+        n = len(self._history)  # two-pass mean/variance in float64: exact enough for <= a few thousand values
+        mean = sum(self._history) / n
+        var = sum([(h - mean) * (h - mean) for h in self._history]) / (n - self.ddof)
         return mean, math.sqrt(var)
 
     def update(self, value: float, step: int, metric: str = "loss") -> SpikeEvent | None:
@@ -288,7 +288,7 @@ class RatioDetector:
         if not math.isfinite(x):
             return None
         if self._n_accepted >= self.warmup and self._last is not None and x > self._last:
-            mean = math.fsum(self._history) / len(self._history)
+            mean = sum(self._history) / len(self._history)
             diff = abs(x - mean)
             if diff >= (self.ratio - 1.0) * abs(mean) and (self.atol is None or diff >= self.atol) and diff > 0:
                 score = math.inf if mean == 0 else 1.0 + diff / abs(mean)
