@@ -52,3 +52,8 @@ def test_spikes_cli(tmp_path, capsys):
     assert "did you mean 'zscore'" in capsys.readouterr().err
     assert main(["stability", "spikes", csv, "--detector", "nonfinite", "--window", "3"]) == 2
     assert "takes no option --window" in capsys.readouterr().err
+
+
+def test_stability_without_subcommand_prints_help(capsys):
+    assert main(["stability"]) == 2
+    assert "sensitivity" in capsys.readouterr().out

@@ -166,3 +166,22 @@ def test_bad_input():
     with pytest.raises(ConfigError, match="skip_until"):
         rb.load_state_dict({"step": 3})
     assert rb.step == 0
+
+
+def test_rollback_composes_with_skip_step():
+    from losslab.stability import SkipStepOnSpike
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = SkipStepOnSpike(torch.optim.AdamW(model.parameters(), lr=1e-2), max_consecutive_skips=None)
+    rb = Rollback(model, opt, every=2, keep=2, skip_batches=1, detectors=[NonFiniteDetector()])
+    for b in range(5):
+        x, y = _data(b)
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step(loss=loss)
+        opt.zero_grad()
+        rb.update(loss, batch=b)
+    n_steps = opt.n_steps
+    ev = rb.update(math.nan, batch=5)
+    assert ev.restored_step == 4 and opt.n_steps == 4 < n_steps  # the wrapper's counters were restored too

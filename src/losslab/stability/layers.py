@@ -160,8 +160,9 @@ class LayerNormScaling(nn.Module):
 
     Notes:
         Follows the authors' code (``LlamaDecoderLayer``): the same factor for both the attention and the MLP
-        pre-norm of a block, ``ℓ = layer_index + 1`` counted from the first block, and the final norm unscaled.
-        The authors advise against combining it with depth-scaled initialisation.
+        pre-norm of a block, and the final norm unscaled. Their code computes ``1/sqrt(layer_idx + 1)`` from a
+        0-based ``layer_idx``; ``layer_index`` here is already 1-based (:func:`apply_layernorm_scaling` counts
+        for you). The authors advise against combining it with depth-scaled initialisation.
     """
 
     def __init__(self, norm: nn.Module, layer_index: int) -> None:
