@@ -385,3 +385,26 @@ def test_monitor_clip_grad_norm_matches_torch_in_one_pass():
     assert monitor.history["grad_norm"][-1] == pytest.approx(float(theirs), rel=1e-6)  # the unclipped norm
     with pytest.raises(ConfigError, match="max_norm must be a finite number > 0"):
         monitor.clip_grad_norm_(float("nan"))
+
+
+def test_attention_hooks_ignore_evaluation_forwards_and_close_removes_them():
+    mha_model = nn.Sequential(nn.MultiheadAttention(8, 2, batch_first=True))
+    monitor = TrainingMonitor(mha_model, every_n_steps=1)
+    monitor.watch_attention(mha_model)
+    x = torch.randn(1, 4, 8)
+    mha_model.eval()
+    mha_model[0](x, x, x)
+    monitor.step(loss=1.0)
+    assert monitor.history["attn/max_logit"][-1] is None
+    mha_model.train()
+    mha_model[0](x, x, x)
+    monitor.step(loss=1.0)
+    with torch.no_grad():
+        w, b = mha_model[0].in_proj_weight, mha_model[0].in_proj_bias
+        q = F.linear(x, w[:8], b[:8]).reshape(1, 4, 2, 4).transpose(1, 2)
+        k = F.linear(x, w[8:16], b[8:16]).reshape(1, 4, 2, 4).transpose(1, 2)
+        expected = float((q @ k.transpose(-2, -1)).max()) / 2.0  # head dim 4: scale 1/sqrt(4)
+    assert monitor.history["attn/max_logit/0"][-1] == pytest.approx(expected, rel=1e-5)
+    monitor.close()
+    mha_model[0](x, x, x)
+    assert not monitor._attn.maxima  # hooks removed

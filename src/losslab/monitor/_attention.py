@@ -120,7 +120,7 @@ class AttentionHooks:
             self.names.append(name)
 
         def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-            if not self.active:
+            if not self.active or not mod.training:  # sampled training forwards only (not evaluation)
                 return
             try:
                 logits = logits_fn(mod, args, kwargs, output)

@@ -131,6 +131,7 @@ class TrainingMonitor:
         >>> loss = model(torch.ones(2, 3)).pow(2).mean(); loss.backward()
         >>> with monitor.stepping(loss=loss):
         ...     opt.step()
+        >>> monitor.events
         []
         >>> sorted(k for k in monitor.history if not k.startswith(("grad_norm/", "update_ratio/")))[:4]
         ['adam/tiny_v_frac', 'grad_norm', 'loss', 'lr']

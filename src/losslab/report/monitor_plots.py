@@ -84,9 +84,11 @@ def plot_monitor(columns: Mapping[str, Sequence[float | None] | np.ndarray], eve
                 ax.plot([step], [value], "o", mfc="none", mec=color, ms=10, mew=1.5)
     _handles, labels = axes[0].get_legend_handles_labels()
     if labels:
-        axes[0].legend(fontsize=8, loc="upper right")
+        axes[0].legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=4, frameon=False,
+                       borderaxespad=0.2)  # above the panel: never hides a spike
     axes[-1].set_xlabel("step")
     n = len(events)
-    fig.suptitle(title or f"training monitor: {len(steps)} steps, {n} event{'s' if n != 1 else ''}", fontsize=11)
+    fig.suptitle(title or f"training monitor: {len(steps)} steps, {n} event{'s' if n != 1 else ''}", fontsize=11,
+                 x=0.01, ha="left")
     fig.tight_layout()
     return fig
