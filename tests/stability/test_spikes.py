@@ -116,6 +116,25 @@ def test_ratio_detector_lightning_rule():
     assert [det.update(x, s) for s, x in enumerate([1.0, 100.0, 1000.0], 1)] == [None] * 3
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 40).map(lambda k: k / 4), min_size=2, max_size=40), st.integers(1, 6),
+       st.sampled_from([1.0, 2.0, 3.0]))
+def test_ratio_matches_lightning_spike_detection(values, window, rtol):
+    """Lightning Fabric's SpikeDetection (mode min, finite values) as a test-only oracle: same spikes."""
+    torch = pytest.importorskip("torch")
+    spike_mod = pytest.importorskip("lightning.fabric.utilities.spike")
+    ref = spike_mod.SpikeDetection(window=window, warmup=1, rtol=rtol)
+    want = []
+    for i, x in enumerate(values):  # the body of on_train_batch_end without the Fabric plumbing
+        t = torch.tensor(x)
+        if i >= ref.warmup and ref._is_spike(t):
+            want.append(i + 1)
+        else:
+            ref._update_stats(t)
+    got = [e.step for e in detect_spikes(values, RatioDetector(ratio=1 + rtol, window=window, warmup=1))]
+    assert got == want
+
+
 def test_threshold_and_nonfinite():
     det = ThresholdDetector(max_value=5.0, min_value=-1.0)
     events = detect_spikes([0.0, 6.0, -3.0, math.nan, math.inf, 5.0], det)
