@@ -145,7 +145,7 @@ def adam_tiny_v_count(optimizer: torch.optim.Optimizer) -> tuple[Tensor, int] | 
             total += v.numel()
     if not buckets:
         return None
-    counts = [(torch.cat(vs) <= threshold).sum() for (threshold, _), vs in buckets.items()]
+    counts = [torch.count_nonzero(torch.cat(vs) <= threshold) for (threshold, _), vs in buckets.items()]
     device = counts[0].device
     return torch.stack([c.to(device=device, dtype=torch.float64) for c in counts]).sum(), total
 
