@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["spikes", "skip", "rollback", "layers", "moe", "sensitivity", "precision"]
+MODULES = ["spikes", "_spike_rolling", "_spike_bounds", "skip", "rollback", "layers", "moe", "sensitivity", "precision"]
 
 
 @pytest.mark.parametrize("name", MODULES)
