@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from losslab import ConfigError, DataError
 from losslab.stability import LRSweepResult, lr_sensitivity, lr_sweep, plot_lr_sweep
@@ -35,6 +37,22 @@ def test_lr_sensitivity_hand_computed(losses, l0, want):
 def test_worse_than_init_run_is_equivalent_to_nan_run():
     base = {1e-3: 3.0, 1e-2: 2.0}
     assert lr_sensitivity({**base, 1.0: 50.0}, 4.0) == lr_sensitivity({**base, 1.0: NAN}, 4.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.floats(0.0, 10.0), st.just(NAN), st.just(INF)), min_size=1, max_size=12),
+       st.floats(0.5, 10.0), st.floats(-5.0, 5.0), st.floats(0.1, 10.0))
+def test_lr_sensitivity_invariants(losses, l0, shift, scale):
+    if not any(math.isfinite(v) and v < l0 for v in losses):
+        return  # the degenerate all-diverged grid is covered by its own test
+    grid = {10.0 ** -(i + 1): v for i, v in enumerate(losses)}
+    base = lr_sensitivity(grid, l0)
+    assert 0.0 <= base <= l0 - min(v for v in losses if math.isfinite(v)) + 1e-12
+    # order of the grid does not matter; shifting and scaling losses and l0 together shifts/scales nothing/scales
+    assert lr_sensitivity(dict(reversed(list(grid.items()))), l0) == pytest.approx(base, abs=1e-12)
+    assert lr_sensitivity({k: v + shift for k, v in grid.items()}, l0 + shift) == pytest.approx(base, abs=1e-9)
+    assert lr_sensitivity({k: v * scale for k, v in grid.items()}, l0 * scale) == pytest.approx(base * scale,
+                                                                                              abs=1e-9)
 
 
 def test_all_runs_diverged_warns_and_returns_zero():

@@ -147,6 +147,15 @@ def test_closure_supported():
     assert isinstance(loss, torch.Tensor) and opt.n_steps == 1
 
 
+def test_no_gradients_is_a_no_op():
+    model = _model()
+    opt = SkipStepOnSpike(torch.optim.AdamW(model.parameters()))
+    before = _snapshot(model, opt)
+    opt.step(loss=1.0)  # no .grad anywhere: grad norm 0, inner step skips every parameter
+    assert not opt.last_skipped and opt.n_steps == 1
+    _assert_bit_identical(before, _snapshot(model, opt))
+
+
 def test_max_consecutive_skips_raises():
     model = _model()
     opt = SkipStepOnSpike(torch.optim.SGD(model.parameters(), lr=0.1), max_consecutive_skips=3)

@@ -47,7 +47,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--max-value", type=float, default=None, help="upper bound (threshold)")
     d.add_argument("--json", action="store_true", help="print events as a JSON array")
     d.set_defaults(func=run_spikes)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=_usage(p))
+
+
+def _usage(parser: argparse.ArgumentParser) -> Any:
+    def show(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+    return show
 
 
 def _read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
