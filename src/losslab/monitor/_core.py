@@ -15,9 +15,9 @@ from torch import Tensor, nn
 
 from losslab._errors import ConfigError, OptionalDependencyError
 from losslab.monitor._attention import AttentionHooks, AttentionLogitsFn, mha_attention_logits
-from losslab.monitor._dist import MAX, MEAN, PARAM, dist_info, reduce_vector
+from losslab.monitor._dist import dist_info
 from losslab.monitor._logfile import format_summary, summary_stats
-from losslab.monitor._metrics import adam_tiny_v_count, grouped_sq_norms, layer_name, logit_stats, safe_ratio
+from losslab.monitor._measure import MonitorMeasure, unwrap
 from losslab.monitor._sinks import CSVSink, JSONLSink, MonitorSink
 from losslab.stability.spikes import NonFiniteDetector, SpikeDetector, SpikeEvent, ZScoreDetector
 
@@ -50,13 +50,7 @@ def _as_sink(s: Any) -> MonitorSink:
     return s  # type: ignore[no-any-return]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    from torch.nn.parallel import DataParallel, DistributedDataParallel
-
-    return model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model
-
-
-class TrainingMonitor:
+class TrainingMonitor(MonitorMeasure):
     r"""Watch a training run step by step: loss, gradient and update norms, logits, Adam health, spikes.
 
     Call it once per optimizer step. In a plain loop::
@@ -215,36 +209,6 @@ class TrainingMonitor:
         """Whether ``step`` gets the expensive metrics: steps 1, 1 + n, 1 + 2n, ... (n = ``every_n_steps``)."""
         return (step - 1) % self.every_n_steps == 0
 
-    def _resolve(self, model: nn.Module | None, optimizer: torch.optim.Optimizer | None
-                 ) -> tuple[nn.Module | None, torch.optim.Optimizer | None]:
-        if model is not None:
-            self.model = model
-        if optimizer is not None:
-            self.optimizer = optimizer
-        return self.model, self.optimizer
-
-    def _layout(self, model: nn.Module) -> None:
-        if self._params is not None:
-            return
-        named = [(n, p) for n, p in _unwrap(model).named_parameters() if p.requires_grad]
-        self._params = [p for _, p in named]
-        layers: dict[str, int] = {}
-        self._group_of = []
-        for n, _ in named:
-            key = "all" if self.per_layer == "none" else layer_name(n, self.per_layer)
-            self._group_of.append(layers.setdefault(key, len(layers)))
-        self._layers = list(layers)
-
-    def _index(self, groups: Sequence[int], device: torch.device) -> Tensor:
-        key = (tuple(groups), str(device))
-        idx = self._index_cache.get(key)
-        if idx is None:
-            if len(self._index_cache) > 8:
-                self._index_cache.clear()
-            idx = torch.tensor(list(groups), dtype=torch.long, device=device)
-            self._index_cache[key] = idx
-        return idx
-
     def _problem(self, where: str, exc: BaseException | str) -> None:
         text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
         message = f"monitor problem in {where}: {text}; training continues"
@@ -254,34 +218,6 @@ class TrainingMonitor:
             self._warned.add(kind)
             warnings.warn(f"losslab {message} (further warnings of this kind are silenced)", MonitorWarning,
                           stacklevel=3)
-
-    def _snapshot(self) -> list[Tensor]:
-        """Copy the parameters into a buffer kept between sampled steps (no fresh allocation each time)."""
-        assert self._params is not None
-        current = [p.detach() for p in self._params]
-        buf = self._snap_buf
-        if buf is None or len(buf) != len(current) or any(b.shape != c.shape for b, c in zip(buf, current)):
-            buf = self._snap_buf = [c.clone() for c in current]
-        else:
-            torch._foreach_copy_(buf, current)
-        return buf
-
-    def _grad_piece(self) -> tuple[Tensor, Tensor, list[bool]] | None:
-        assert self._params is not None
-        grads, groups = [], []
-        present = [False] * len(self._layers)
-        for p, g in zip(self._params, self._group_of):
-            if p.grad is None or p.grad.is_sparse:
-                continue
-            grads.append(p.grad.detach())
-            groups.append(g)
-            present[g] = True
-        if not grads:
-            return None
-        device = grads[0].device
-        per_group, per_tensor = grouped_sq_norms(grads, self._index(groups, device), len(self._layers))
-        nonfinite = (~torch.isfinite(per_tensor)).sum().to(per_group.dtype).reshape(1)
-        return per_group, nonfinite, present
 
     # ------------------------------------------------------------------ public hooks of the loop
     def watch_attention(self, model: nn.Module, modules: Iterable[str] | type | tuple[type, ...] | None = None,
@@ -302,7 +238,7 @@ class TrainingMonitor:
             ConfigError: no module matched, or a named module does not exist.
         """
         fn = logits_fn or mha_attention_logits
-        named = dict(_unwrap(model).named_modules())
+        named = dict(unwrap(model).named_modules())
         if modules is None or isinstance(modules, (type, tuple)):
             types = nn.MultiheadAttention if modules is None else modules
             chosen = [n for n, m in named.items() if isinstance(m, types)]  # type: ignore[arg-type]
@@ -434,137 +370,6 @@ class TrainingMonitor:
             self.events.extend(events)
             self.n_events += len(events)
             return events
-
-    # ------------------------------------------------------------------ the work
-    def _step(self, loss: Any, model: nn.Module | None, optimizer: torch.optim.Optimizer | None,
-              logits: Tensor | None, step: int | None, metrics: Mapping[str, float] | None) -> list[SpikeEvent]:
-        model, optimizer = self._resolve(model, optimizer)
-        current = self.step_count + 1 if step is None else int(step)
-        sampled = self.is_sampled(current)
-        pre = self._pre if self._pre is not None and self._pre["step"] == current else None
-        self._pre = None
-        names: list[str] = []
-        pieces: list[Tensor] = []
-        kinds: list[int] = []
-
-        def add(keys: list[str], values: Tensor, kind: int) -> None:
-            names.extend(keys)
-            pieces.append(values.detach().reshape(-1))
-            kinds.extend([kind] * len(keys))
-
-        if loss is not None:
-            try:
-                t = loss.detach().float().mean() if isinstance(loss, Tensor) else torch.tensor(float(loss))
-                add(["loss"], t, MEAN)
-            except Exception as exc:
-                self._problem("loss", exc)
-        present: list[bool] = []
-        if model is not None:
-            try:
-                self._layout(model)
-                grads = pre["grads"] if pre is not None else self._grad_piece()
-                if grads is not None:
-                    per_group, nonfinite, present = grads
-                    add([f"gsq/{name}" for name in self._layers], per_group, PARAM)
-                    add(["nonfinite_grads"], nonfinite, PARAM)
-                if pre is not None and pre["snapshot"] is not None:
-                    assert self._params is not None
-                    snap = pre["snapshot"]
-                    index = self._index(self._group_of, snap[0].device) if snap else None
-                    if index is not None:
-                        psq, _ = grouped_sq_norms(snap, index, len(self._layers))
-                        torch._foreach_sub_(snap, [p.detach() for p in self._params])  # in place: -update
-                        usq, _ = grouped_sq_norms(snap, index, len(self._layers))
-                        add([f"usq/{name}" for name in self._layers], usq, PARAM)
-                        add([f"psq/{name}" for name in self._layers], psq, PARAM)
-            except Exception as exc:
-                self._problem("gradient norms", exc)
-        if optimizer is not None and sampled:
-            try:
-                counted = adam_tiny_v_count(optimizer)
-                if counted is not None:
-                    count, total = counted
-                    add(["adam/tiny", "adam/numel"], torch.stack([count, torch.full_like(count, float(total))]),
-                        PARAM)
-            except Exception as exc:
-                self._problem("adam health", exc)
-        if logits is not None and sampled:
-            try:
-                stats = logit_stats(logits)
-                add(["logits/max_abs"], stats["logits/max_abs"], MAX)
-                add(["logits/lse_mean", "logits/z_loss"],
-                    torch.stack([stats["logits/lse_mean"], stats["logits/z_loss"]]), MEAN)
-            except Exception as exc:
-                self._problem("logit statistics", exc)
-        for msg in self._attn.errors:
-            self._problem("attention hook", msg)
-        self._attn.errors.clear()
-        attn = self._attn.pop()
-        if attn:
-            add([f"attn/{n}" for n in attn], torch.stack([v.reshape(()) for v in attn.values()]), MAX)
-
-        raw = self._to_host(names, pieces, kinds)
-        row = self._finish(raw, present, optimizer, metrics)
-        self._attn.active = self.is_sampled(current + 1)
-        self.step_count = current
-        return self._record(current, row)
-
-    def _to_host(self, names: list[str], pieces: list[Tensor], kinds: list[int]) -> dict[str, float]:
-        if not pieces:
-            return {}
-        device = pieces[0].device
-        dtype = torch.float64 if any(p.dtype == torch.float64 for p in pieces) else torch.float32
-        vec = torch.cat([p.to(device=device, dtype=dtype) for p in pieces])
-        _rank, world = dist_info(self.process_group)
-        if world > 1:
-            try:
-                kind_t = torch.tensor(kinds, device=device)
-                vec = reduce_vector(vec, kind_t, self.grads_synchronized, self.process_group)
-            except Exception as exc:
-                self._problem("distributed reduction", exc)
-        values = vec.tolist()  # the one host synchronisation of the step
-        return dict(zip(names, values))
-
-    def _finish(self, raw: dict[str, float], present: list[bool], optimizer: torch.optim.Optimizer | None,
-                metrics: Mapping[str, float] | None) -> dict[str, float | None]:
-        row: dict[str, float | None] = {}
-        if "loss" in raw:
-            row["loss"] = raw["loss"]
-        layers = self._layers
-        if f"gsq/{layers[0]}" in raw if layers else False:
-            total = math.fsum(raw[f"gsq/{n}"] for n in layers)
-            row["grad_norm"] = math.sqrt(total) if total >= 0 or math.isnan(total) else math.nan
-            if self.per_layer != "none":
-                for n, ok in zip(layers, present):
-                    row[f"grad_norm/{n}"] = math.sqrt(raw[f"gsq/{n}"]) if ok else None
-            row["nonfinite_grads"] = raw["nonfinite_grads"]
-        if f"usq/{layers[0]}" in raw if layers else False:
-            row["update_ratio"] = safe_ratio(math.fsum(raw[f"usq/{n}"] for n in layers),
-                                             math.fsum(raw[f"psq/{n}"] for n in layers))
-            if self.per_layer != "none":
-                for n in layers:
-                    row[f"update_ratio/{n}"] = safe_ratio(raw[f"usq/{n}"], raw[f"psq/{n}"])
-        if optimizer is not None and optimizer.param_groups:
-            try:
-                row["lr"] = float(optimizer.param_groups[0]["lr"])
-            except Exception as exc:
-                self._problem("learning rate", exc)
-        if "adam/tiny" in raw:
-            row["adam/tiny_v_frac"] = raw["adam/tiny"] / raw["adam/numel"] if raw["adam/numel"] else None
-        for key in ("logits/max_abs", "logits/lse_mean", "logits/z_loss"):
-            if key in raw:
-                row[key] = raw[key]
-        attn = {k[5:]: v for k, v in raw.items() if k.startswith("attn/")}
-        if attn:
-            row["attn/max_logit"] = max(attn.values())
-            for n, v in attn.items():
-                row[f"attn/max_logit/{n}"] = v
-        for key, value in (metrics or {}).items():
-            try:
-                row[str(key)] = float(value)
-            except Exception as exc:
-                self._problem(f"metric {key!r}", exc)
-        return row
 
     def _expected_columns(self) -> list[str]:
         cols = ["loss"]
