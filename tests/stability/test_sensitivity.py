@@ -137,6 +137,13 @@ def test_lr_sweep_bad_input():
         lr_sweep(raising_train, [0.01], executor=ex, quiet=True)
 
 
+def test_lr_sweep_unpicklable_train_fn_on_processes_is_a_clear_error():
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1) as ex, pytest.raises(ConfigError, match="picklable"):
+        lr_sweep(lambda lr: 1.0, [1e-3], init_loss=2.0, executor=ex, quiet=True)
+
+
 @pytest.mark.slow
 def test_lr_sweep_default_process_pool():
     r = lr_sweep(quadratic_train, [1e-2, 0.3], max_workers=2, quiet=True)

@@ -287,7 +287,13 @@ def lr_sweep(train_fn: Callable[..., Any], lrs: Sequence[float], *,
         futures: dict[Future[Any], tuple[str, float]] = {
             executor.submit(_call, train_fn, lr, settings[name]): (name, lr) for name, lr in jobs}
         for fut in progress(as_completed(futures), total=len(futures), desc="lr sweep", quiet=quiet):
-            results[futures[fut]] = fut.result()
+            try:
+                results[futures[fut]] = fut.result()
+            except Exception as exc:  # the executor itself failed (train_fn itself never raises through _call)
+                raise ConfigError(
+                    f"the executor could not run train_fn ({type(exc).__name__}: {exc}); with a process or "
+                    f"cluster executor train_fn and its settings must be picklable (a module-level function, "
+                    f"not a lambda or a local function)") from exc
     finally:
         if own:
             executor.shutdown(wait=True, cancel_futures=True)
