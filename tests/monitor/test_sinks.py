@@ -186,3 +186,26 @@ def test_read_log_missing_file_and_dedupe(tmp_path):
                             for s, v in [(1, 3.0), (2, 2.0), (3, 1.0), (2, 2.5), (3, 1.5)]))
     assert read_log(path).columns["loss"].tolist() == [3.0, 2.5, 1.5]
     assert read_log(path, dedupe=False).columns["loss"].tolist() == [3.0, 2.0, 1.0, 2.5, 1.5]
+
+
+def test_tensorboard_sink_without_tensorboard_names_the_extra(monkeypatch):
+    from losslab import OptionalDependencyError
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # makes `import tensorboard` fail
+    with pytest.raises(OptionalDependencyError, match=r"pip install 'losslab\[tensorboard\]'"):
+        TensorBoardSink("runs/never")
+
+
+def test_adapters_without_their_framework_name_the_extra():
+    code = ("import sys; sys.modules['lightning'] = None; sys.modules['lightning.pytorch'] = None; "
+            "sys.modules['transformers'] = None\n"
+            "import losslab.monitor as m\n"
+            "for name in ('LightningMonitorCallback', 'HFMonitorCallback'):\n"
+            "    try:\n"
+            "        getattr(m, name)\n"
+            "    except ImportError as exc:\n"
+            "        print(type(exc).__name__, str(exc).split('install it with: ')[1])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    assert out.stdout.splitlines() == ["OptionalDependencyError pip install 'losslab[lightning]'",
+                                       "OptionalDependencyError pip install 'losslab[transformers]'"], out.stderr
