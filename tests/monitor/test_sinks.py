@@ -12,6 +12,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from losslab import DataError
 from losslab.monitor import CSVSink, JSONLSink, TensorBoardSink, TrainingMonitor, read_log
@@ -209,3 +211,26 @@ def test_adapters_without_their_framework_name_the_extra():
                          env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
     assert out.stdout.splitlines() == ["OptionalDependencyError pip install 'losslab[lightning]'",
                                        "OptionalDependencyError pip install 'losslab[transformers]'"], out.stderr
+
+
+_values = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True, width=64))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.fixed_dictionaries({"loss": _values, "grad_norm/a.b": _values, "x,y\"z": _values}),
+                     min_size=1, max_size=6))
+def test_csv_and_jsonl_round_trip_any_float(tmp_path_factory, rows):
+    folder = tmp_path_factory.mktemp("rt")
+    csv_sink, jsonl_sink = CSVSink(folder / "log.csv"), JSONLSink(folder / "log.jsonl")
+    for step, row in enumerate(rows, start=1):
+        for sink in (csv_sink, jsonl_sink):
+            sink.write(step, row, [])
+    csv_sink.close()
+    jsonl_sink.close()
+    for name in ("log.csv", "log.jsonl"):
+        log = read_log(folder / name)
+        assert log.steps.tolist() == list(range(1, len(rows) + 1))
+        for key in rows[0]:
+            got = log.columns[key].tolist() if key in log.columns else [math.nan] * len(rows)
+            want = [math.nan if r[key] is None else r[key] for r in rows]
+            assert [repr(g) for g in got] == [repr(float(w)) for w in want], (name, key)
