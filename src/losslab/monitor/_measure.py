@@ -189,13 +189,19 @@ class MonitorMeasure:
     def _to_host(self, names: list[str], pieces: list[Tensor], kinds: list[int]) -> dict[str, float]:
         if not pieces:
             return {}
-        device = pieces[0].device
+        # gather on the accelerator when there is one: a host-side loss (a Python float) is copied up, which
+        # needs no synchronisation, whereas copying device values down would cost one each
+        device = next((p.device for p in pieces if p.device.type != "cpu"), pieces[0].device)
         dtype = torch.float64 if any(p.dtype == torch.float64 for p in pieces) else torch.float32
         vec = torch.cat([p.to(device=device, dtype=dtype) for p in pieces])
         _rank, world = dist_info(self.process_group)
         if world > 1:
             try:
-                kind_t = torch.tensor(kinds, device=device)
+                import torch.distributed as dist
+
+                if vec.device.type == "cpu" and dist.get_backend(self.process_group) == "nccl":
+                    vec = vec.to(torch.device("cuda", torch.cuda.current_device()))  # NCCL needs CUDA tensors
+                kind_t = torch.tensor(kinds, device=vec.device)
                 vec = reduce_vector(vec, kind_t, self.grads_synchronized, self.process_group)
             except Exception as exc:
                 self._problem("distributed reduction", exc)
