@@ -408,3 +408,36 @@ def test_attention_hooks_ignore_evaluation_forwards_and_close_removes_them():
     monitor.close()
     mha_model[0](x, x, x)
     assert not monitor._attn.maxima  # hooks removed
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_one_synchronisation_per_step_on_cuda():
+    torch.manual_seed(0)
+    model = TinyGPT().cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    monitor = TrainingMonitor(model, opt, every_n_steps=1)
+    g = torch.Generator().manual_seed(0)
+    for attempt in range(2):  # the first step builds cached index tensors; the second is measured
+        x, y = (t.cuda() for t in lm_batch(g))
+        logits = model(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        loss.backward()
+        torch.cuda.synchronize()
+        record: list = []
+        for call in (monitor.before_step, opt.step, lambda: monitor.step(loss=loss, logits=logits)):
+            watched = attempt == 1 and call is not opt.step  # count the monitor's synchronisations only
+            if watched:
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    call()
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+            if watched:
+                record += caught
+        opt.zero_grad()
+    syncs = [w for w in record if "synchroniz" in str(w.message).lower()]
+    assert len(syncs) == 1, [str(w.message) for w in syncs]
+    assert monitor.history["grad_norm"][-1] > 0 and monitor.history["update_ratio"][-1] > 0
