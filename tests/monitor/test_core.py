@@ -425,8 +425,10 @@ def test_one_synchronisation_per_step_on_cuda():
         loss.backward()
         torch.cuda.synchronize()
         record: list = []
-        for call in (monitor.before_step, opt.step, lambda: monitor.step(loss=loss, logits=logits)):
-            watched = attempt == 1 and call is not opt.step  # count the monitor's synchronisations only
+        calls = [(True, monitor.before_step), (False, opt.step),
+                 (True, lambda loss=loss, logits=logits: monitor.step(loss=loss, logits=logits))]
+        for is_monitor, call in calls:
+            watched = attempt == 1 and is_monitor  # count the monitor's synchronisations only
             if watched:
                 torch.cuda.set_sync_debug_mode("warn")
             try:
