@@ -57,7 +57,8 @@ def plot_monitor(columns: Mapping[str, Sequence[float | None] | np.ndarray], eve
         if y is None:
             continue
         ok = np.isfinite(y)
-        ax.plot(steps[ok], y[ok], lw=1.1, color="tab:blue")
+        sparse = ok.sum() < 0.5 * len(y)  # a sampled metric (every_n_steps): show the samples
+        ax.plot(steps[ok], y[ok], lw=1.1, color="tab:blue", marker="." if sparse else None, ms=4)
         if ok.any() and (y[ok] > 0).all() and (name != "loss" or y[ok].max() > 20 * y[ok].min()):
             ax.set_yscale("log")  # norms always; the loss when it spans more than a factor 20
         event_steps = [float(e["step"]) for e in events if e.get("metric") == name and e.get("step") is not None]
