@@ -112,7 +112,8 @@ class TrainingMonitor(MonitorMeasure):
         per_layer: ``"module"``, ``"param"`` or ``"none"``.
         detectors: ``{metric: detector or list of detectors}``; ``None`` for the default above, ``{}`` for none.
         flush_every: flush the sinks every this many steps (1: a killed run loses nothing).
-        keep_history: keep every row in memory (:attr:`history`).
+        keep_history: keep every row in memory (:attr:`history`); Python lists cost about 8-30 bytes per
+            cell, so for millions of steps with many layers pass ``False`` and read the sinks instead.
         track_update_ratio: snapshot parameters in ``before_step`` on sampled steps (one extra copy of the
             parameters, kept between sampled steps so that no memory is allocated per step; set ``False`` when
             memory is tight).
