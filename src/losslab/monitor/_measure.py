@@ -1,0 +1,249 @@
+"""The measuring half of TrainingMonitor: parameter layout, device-side metric collection, the host transfer.
+
+:class:`MonitorMeasure` is a base class holding no public API; :class:`~losslab.monitor.TrainingMonitor`
+inherits it and adds the loop hooks, detectors, sinks and checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from losslab.monitor._attention import AttentionHooks
+from losslab.monitor._dist import MAX, MEAN, PARAM, dist_info, reduce_vector
+from losslab.monitor._metrics import adam_tiny_v_count, grouped_sq_norms, layer_name, logit_stats, safe_ratio
+from losslab.stability.spikes import SpikeEvent
+
+__all__ = ["MonitorMeasure", "unwrap"]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a ``DataParallel``/``DistributedDataParallel`` wrapper (or the model itself)."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    return model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model
+
+
+class MonitorMeasure:
+    """Collect one step's metrics on the device and bring them to the host in one transfer."""
+
+    # set by TrainingMonitor.__init__
+    model: nn.Module | None
+    optimizer: torch.optim.Optimizer | None
+    per_layer: str
+    grads_synchronized: bool
+    process_group: Any
+    step_count: int
+    _params: list[nn.Parameter] | None
+    _layers: list[str]
+    _group_of: list[int]
+    _index_cache: dict[tuple[Any, ...], Tensor]
+    _snap_buf: list[Tensor] | None
+    _pre: dict[str, Any] | None
+    _attn: AttentionHooks
+
+    def is_sampled(self, step: int) -> bool:  # overridden by TrainingMonitor
+        raise NotImplementedError
+
+    def _problem(self, where: str, exc: BaseException | str) -> None:  # overridden
+        raise NotImplementedError
+
+    def _record(self, step: int, row: dict[str, float | None]) -> list[SpikeEvent]:  # overridden
+        raise NotImplementedError
+
+    def _resolve(self, model: nn.Module | None, optimizer: torch.optim.Optimizer | None
+                 ) -> tuple[nn.Module | None, torch.optim.Optimizer | None]:
+        if model is not None:
+            self.model = model
+        if optimizer is not None:
+            self.optimizer = optimizer
+        return self.model, self.optimizer
+
+    def _layout(self, model: nn.Module) -> None:
+        if self._params is not None:
+            return
+        named = [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad]
+        self._params = [p for _, p in named]
+        layers: dict[str, int] = {}
+        self._group_of = []
+        for n, _ in named:
+            key = "all" if self.per_layer == "none" else layer_name(n, self.per_layer)
+            self._group_of.append(layers.setdefault(key, len(layers)))
+        self._layers = list(layers)
+
+    def _index(self, groups: Sequence[int], device: torch.device) -> Tensor:
+        key = (tuple(groups), str(device))
+        idx = self._index_cache.get(key)
+        if idx is None:
+            if len(self._index_cache) > 8:
+                self._index_cache.clear()
+            idx = torch.tensor(list(groups), dtype=torch.long, device=device)
+            self._index_cache[key] = idx
+        return idx
+
+    def _snapshot(self) -> list[Tensor]:
+        """Copy the parameters into a buffer kept between sampled steps (no fresh allocation each time)."""
+        assert self._params is not None
+        current = [p.detach() for p in self._params]
+        buf = self._snap_buf
+        if buf is None or len(buf) != len(current) or any(b.shape != c.shape for b, c in zip(buf, current)):
+            buf = self._snap_buf = [c.clone() for c in current]
+        else:
+            torch._foreach_copy_(buf, current)
+        return buf
+
+    def _grad_piece(self) -> tuple[Tensor, Tensor, list[bool]] | None:
+        assert self._params is not None
+        grads, groups = [], []
+        present = [False] * len(self._layers)
+        for p, g in zip(self._params, self._group_of):
+            if p.grad is None or p.grad.is_sparse:
+                continue
+            grads.append(p.grad.detach())
+            groups.append(g)
+            present[g] = True
+        if not grads:
+            return None
+        device = grads[0].device
+        per_group, per_tensor = grouped_sq_norms(grads, self._index(groups, device), len(self._layers))
+        nonfinite = (~torch.isfinite(per_tensor)).sum().to(per_group.dtype).reshape(1)
+        return per_group, nonfinite, present
+
+    def _step(self, loss: Any, model: nn.Module | None, optimizer: torch.optim.Optimizer | None,
+              logits: Tensor | None, step: int | None, metrics: Mapping[str, float] | None) -> list[SpikeEvent]:
+        model, optimizer = self._resolve(model, optimizer)
+        current = self.step_count + 1 if step is None else int(step)
+        sampled = self.is_sampled(current)
+        pre = self._pre if self._pre is not None and self._pre["step"] == current else None
+        self._pre = None
+        names: list[str] = []
+        pieces: list[Tensor] = []
+        kinds: list[int] = []
+
+        def add(keys: list[str], values: Tensor, kind: int) -> None:
+            names.extend(keys)
+            pieces.append(values.detach().reshape(-1))
+            kinds.extend([kind] * len(keys))
+
+        if loss is not None:
+            try:
+                t = loss.detach().float().mean() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+                add(["loss"], t, MEAN)
+            except Exception as exc:
+                self._problem("loss", exc)
+        present: list[bool] = []
+        if model is not None:
+            try:
+                self._layout(model)
+                grads = pre["grads"] if pre is not None else self._grad_piece()
+                if grads is not None:
+                    per_group, nonfinite, present = grads
+                    add([f"gsq/{name}" for name in self._layers], per_group, PARAM)
+                    add(["nonfinite_grads"], nonfinite, PARAM)
+                if pre is not None and pre["snapshot"] is not None:
+                    assert self._params is not None
+                    snap = pre["snapshot"]
+                    index = self._index(self._group_of, snap[0].device) if snap else None
+                    if index is not None:
+                        psq, _ = grouped_sq_norms(snap, index, len(self._layers))
+                        torch._foreach_sub_(snap, [p.detach() for p in self._params])  # in place: -update
+                        usq, _ = grouped_sq_norms(snap, index, len(self._layers))
+                        add([f"usq/{name}" for name in self._layers], usq, PARAM)
+                        add([f"psq/{name}" for name in self._layers], psq, PARAM)
+            except Exception as exc:
+                self._problem("gradient norms", exc)
+        if optimizer is not None and sampled:
+            try:
+                counted = adam_tiny_v_count(optimizer)
+                if counted is not None:
+                    count, total = counted
+                    add(["adam/tiny", "adam/numel"], torch.stack([count, torch.full_like(count, float(total))]),
+                        PARAM)
+            except Exception as exc:
+                self._problem("adam health", exc)
+        if logits is not None and sampled:
+            try:
+                stats = logit_stats(logits)
+                add(["logits/max_abs"], stats["logits/max_abs"], MAX)
+                add(["logits/lse_mean", "logits/z_loss"],
+                    torch.stack([stats["logits/lse_mean"], stats["logits/z_loss"]]), MEAN)
+            except Exception as exc:
+                self._problem("logit statistics", exc)
+        for msg in self._attn.errors:
+            self._problem("attention hook", msg)
+        self._attn.errors.clear()
+        attn = self._attn.pop()
+        if attn:
+            add([f"attn/{n}" for n in attn], torch.stack([v.reshape(()) for v in attn.values()]), MAX)
+
+        raw = self._to_host(names, pieces, kinds)
+        row = self._finish(raw, present, optimizer, metrics)
+        self._attn.active = self.is_sampled(current + 1)
+        self.step_count = current
+        return self._record(current, row)
+
+    def _to_host(self, names: list[str], pieces: list[Tensor], kinds: list[int]) -> dict[str, float]:
+        if not pieces:
+            return {}
+        # gather on the accelerator when there is one: a host-side loss (a Python float) is copied up, which
+        # needs no synchronisation, whereas copying device values down would cost one each
+        device = next((p.device for p in pieces if p.device.type != "cpu"), pieces[0].device)
+        dtype = torch.float64 if any(p.dtype == torch.float64 for p in pieces) else torch.float32
+        vec = torch.cat([p.to(device=device, dtype=dtype) for p in pieces])
+        _rank, world = dist_info(self.process_group)
+        if world > 1:
+            try:
+                import torch.distributed as dist
+
+                if vec.device.type == "cpu" and dist.get_backend(self.process_group) == "nccl":
+                    vec = vec.to(torch.device("cuda", torch.cuda.current_device()))  # NCCL needs CUDA tensors
+                kind_t = torch.tensor(kinds, device=vec.device)
+                vec = reduce_vector(vec, kind_t, self.grads_synchronized, self.process_group)
+            except Exception as exc:
+                self._problem("distributed reduction", exc)
+        values = vec.tolist()  # the one host synchronisation of the step
+        return dict(zip(names, values))
+
+    def _finish(self, raw: dict[str, float], present: list[bool], optimizer: torch.optim.Optimizer | None,
+                metrics: Mapping[str, float] | None) -> dict[str, float | None]:
+        row: dict[str, float | None] = {}
+        if "loss" in raw:
+            row["loss"] = raw["loss"]
+        layers = self._layers
+        if layers and f"gsq/{layers[0]}" in raw:
+            row["grad_norm"] = math.sqrt(math.fsum(raw[f"gsq/{n}"] for n in layers))  # NaN/Inf propagate
+            if self.per_layer != "none":
+                for n, ok in zip(layers, present):
+                    row[f"grad_norm/{n}"] = math.sqrt(raw[f"gsq/{n}"]) if ok else None
+            row["nonfinite_grads"] = raw["nonfinite_grads"]
+        if layers and f"usq/{layers[0]}" in raw:
+            row["update_ratio"] = safe_ratio(math.fsum(raw[f"usq/{n}"] for n in layers),
+                                             math.fsum(raw[f"psq/{n}"] for n in layers))
+            if self.per_layer != "none":
+                for n in layers:
+                    row[f"update_ratio/{n}"] = safe_ratio(raw[f"usq/{n}"], raw[f"psq/{n}"])
+        if optimizer is not None and optimizer.param_groups:
+            try:
+                row["lr"] = float(optimizer.param_groups[0]["lr"])
+            except Exception as exc:
+                self._problem("learning rate", exc)
+        if "adam/tiny" in raw:
+            row["adam/tiny_v_frac"] = raw["adam/tiny"] / raw["adam/numel"] if raw["adam/numel"] else None
+        for key in ("logits/max_abs", "logits/lse_mean", "logits/z_loss"):
+            if key in raw:
+                row[key] = raw[key]
+        attn = {k[5:]: v for k, v in raw.items() if k.startswith("attn/")}
+        if attn:
+            row["attn/max_logit"] = max(attn.values())
+            for n, v in attn.items():
+                row[f"attn/max_logit/{n}"] = v
+        for key, value in (metrics or {}).items():
+            try:
+                row[str(key)] = float(value)
+            except Exception as exc:
+                self._problem(f"metric {key!r}", exc)
+        return row

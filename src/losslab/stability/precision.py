@@ -1,0 +1,154 @@
+"""Numeric-deviation probe: how far an op's low-precision result is from its float64 result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from losslab._errors import ConfigError, DataError
+
+__all__ = ["NumericDeviation", "numeric_deviation"]
+
+
+@dataclass(frozen=True)
+class NumericDeviation:
+    """Deviation of one op run in ``dtype`` from the same op in float64.
+
+    Attributes:
+        dtype: the low precision, e.g. ``"torch.bfloat16"``.
+        max_abs: :math:`\\max |y - y_{64}|`.
+        mean_abs: :math:`\\mathrm{mean} |y - y_{64}|`.
+        max_rel: :math:`\\max |y - y_{64}| / \\max(|y_{64}|, \\tau)`.
+        mean_rel: mean of the same ratio.
+        n_nonfinite: elements where the low-precision output is NaN/Inf but the float64 one is finite.
+        numel: number of output elements compared.
+    """
+
+    dtype: str
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    mean_rel: float
+    n_nonfinite: int
+    numel: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a plain dict."""
+        return asdict(self)
+
+
+def _cast(obj: Any, dtype: torch.dtype) -> Any:
+    if isinstance(obj, torch.Tensor) and obj.is_floating_point():
+        return obj.detach().to(dtype)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cast(o, dtype) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _cast(v, dtype) for k, v in obj.items()}
+    return obj
+
+
+def _flatten(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _flatten(o)]
+    if isinstance(out, dict):
+        return [t for k in sorted(out) for t in _flatten(out[k])]
+    return []
+
+
+def numeric_deviation(fn: Callable[..., Any], *inputs: Any,
+                      dtypes: Sequence[torch.dtype] = (torch.bfloat16, torch.float16, torch.float32),
+                      rel_floor: float | None = None, module: torch.nn.Module | None = None,
+                      ) -> dict[str, NumericDeviation]:
+    r"""Run ``fn(*inputs)`` in each low precision and in float64 and report the deviation of the outputs.
+
+    Floating-point tensors in ``inputs`` (nested lists/tuples/dicts too) and, if given, the parameters of
+    ``module`` are cast to each dtype; the float64 run is the "golden" reference. Deviations are measured in
+    float64 over all output tensors:
+
+    .. math:: d_i = |y_i - y^{(64)}_i|, \qquad r_i = d_i / \max(|y^{(64)}_i|, \tau)
+
+    with :math:`\tau` = ``rel_floor`` (default: :math:`10^{-6} \max_i |y^{(64)}_i|`, so near-zero references
+    do not blow up the relative error). Comparing, say, a fused attention kernel and a naive one by their
+    deviations from the same golden value tells how much of the error the kernel adds.
+
+    Args:
+        fn: any callable taking ``inputs`` and returning a tensor or a (nested) tuple/list/dict of tensors.
+        inputs: its arguments.
+        dtypes: the low precisions to probe.
+        rel_floor: :math:`\tau` above.
+        module: a module ``fn`` uses whose parameters must follow the dtype (restored to its dtype afterwards).
+
+    Returns:
+        ``{str(dtype): NumericDeviation}``.
+
+    Example:
+        >>> x = torch.linspace(-3, 3, 101)
+        >>> dev = numeric_deviation(torch.exp, x, dtypes=(torch.bfloat16,))
+        >>> 1e-4 < dev["torch.bfloat16"].max_rel < 1e-2
+        True
+
+    References:
+        Golden et al., "Is Flash Attention Stable?", arXiv:2405.02803, 2024 (numeric deviation of an
+        optimised kernel against a float64 golden reference).
+
+    Notes:
+        Golden et al. additionally compare the deviation to that of a baseline run in the same precision and
+        measure its effect on model weights over training; this probe gives the per-op building block.
+    """
+    if not callable(fn):
+        raise ConfigError(f"fn must be callable, got {type(fn).__name__}")
+    if not dtypes or not all(isinstance(d, torch.dtype) and d.is_floating_point for d in dtypes):
+        raise ConfigError(f"dtypes must be a non-empty sequence of floating torch dtypes, got {dtypes!r}")
+    if rel_floor is not None and not rel_floor > 0:
+        raise ConfigError(f"rel_floor must be > 0, got {rel_floor!r}")
+    if module is None and not any(isinstance(t, torch.Tensor) and t.is_floating_point()
+                                  for t in _flatten(list(inputs))):
+        raise DataError("no floating-point tensor among the inputs: nothing to cast to low precision")
+
+    def run(dtype: torch.dtype) -> list[torch.Tensor]:
+        original = None
+        if module is not None:
+            original = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            module.to(dtype)
+        try:
+            with torch.no_grad():
+                return [t.detach().to(torch.float64) for t in _flatten(fn(*_cast(inputs, dtype)))]
+        finally:
+            if module is not None and original is not None:
+                first = next(iter(original.values()), None)
+                if first is not None:
+                    module.to(first.dtype)
+                module.load_state_dict(original)
+
+    golden = run(torch.float64)
+    if not golden:
+        raise DataError("fn returned no tensor; it must return a tensor or a tuple/list/dict of tensors")
+    ref = torch.cat([g.reshape(-1) for g in golden])
+    if not torch.isfinite(ref).all():
+        raise DataError("the float64 reference output has NaN/Inf; the op itself is ill-defined on these inputs")
+    tau = float(rel_floor) if rel_floor is not None else max(1e-6 * float(ref.abs().max()), 1e-300)
+    out = {}
+    for dtype in dtypes:
+        low = run(dtype)
+        if [t.shape for t in low] != [g.shape for g in golden]:
+            raise DataError(f"fn returned shapes {[tuple(t.shape) for t in low]} in {dtype} but "
+                            f"{[tuple(g.shape) for g in golden]} in float64")
+        y = torch.cat([t.reshape(-1) for t in low])
+        finite = torch.isfinite(y)
+        d = (y - ref).abs()
+        r = d / ref.abs().clamp(min=tau)
+        d_f, r_f = d[finite], r[finite]
+        n_bad = int((~finite).sum())
+        out[str(dtype)] = NumericDeviation(
+            dtype=str(dtype),
+            max_abs=float("inf") if n_bad else float(d_f.max()) if d_f.numel() else 0.0,
+            mean_abs=float(d_f.mean()) if d_f.numel() else float("nan"),
+            max_rel=float("inf") if n_bad else float(r_f.max()) if r_f.numel() else 0.0,
+            mean_rel=float(r_f.mean()) if r_f.numel() else float("nan"),
+            n_nonfinite=n_bad, numel=int(y.numel()))
+    return out

@@ -1,0 +1,87 @@
+"""Numeric-deviation probe: rounding bounds, a hand-computed case, overflow, modules, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from losslab import ConfigError, DataError
+from losslab.stability import NumericDeviation, numeric_deviation
+
+# unit roundoff of round-to-nearest: 2^-(mantissa bits + 1)
+UNIT = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 2.0**-24}
+
+
+def test_identity_op_deviation_is_the_cast_rounding():
+    x = torch.linspace(0.1, 10.0, 997, dtype=torch.float64)
+    dev = numeric_deviation(lambda t: t * 1, x)
+    for dtype, u in UNIT.items():
+        d = dev[str(dtype)]
+        assert isinstance(d, NumericDeviation) and d.numel == 997 and d.n_nonfinite == 0
+        assert 0 < d.max_rel <= u * (1 + 1e-12)
+        assert d.mean_rel < d.max_rel
+    assert dev["torch.bfloat16"].max_rel > dev["torch.float16"].max_rel > dev["torch.float32"].max_rel
+
+
+def test_hand_computed_sum():
+    x = torch.tensor([1.0, 2.0**-9, 2.0**-9, 3.0], dtype=torch.float64)
+    # in bf16: 1 + 2^-9 rounds to 1 (ties to even), again, + 3 = 4 exactly; float64: 4 + 2^-8
+    dev = numeric_deviation(lambda t: t.cumsum(0), x, dtypes=(torch.bfloat16,))["torch.bfloat16"]
+    ref = np.cumsum(x.numpy())
+    low = np.array([1.0, 1.0, 1.0, 4.0])
+    d = np.abs(low - ref)
+    assert dev.max_abs == pytest.approx(d.max()) and dev.mean_abs == pytest.approx(d.mean())
+    assert dev.max_rel == pytest.approx((d / np.abs(ref)).max())
+
+
+def test_overflow_counts_non_finite():
+    x = torch.tensor([1.0, 12.0, 20.0], dtype=torch.float64)  # exp(12) > 65504 (fp16 max)
+    dev = numeric_deviation(torch.exp, x, dtypes=(torch.float16, torch.bfloat16))
+    assert dev["torch.float16"].n_nonfinite == 2 and math.isinf(dev["torch.float16"].max_abs)
+    assert dev["torch.bfloat16"].n_nonfinite == 0
+
+
+def test_module_parameters_follow_dtype_and_are_restored():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 8)
+    before = {k: v.clone() for k, v in lin.state_dict().items()}
+    x = torch.randn(4, 16)
+    dev = numeric_deviation(lambda t: torch.softmax(lin(t), -1), x, module=lin, dtypes=(torch.bfloat16,))
+    assert 0 < dev["torch.bfloat16"].max_abs < 0.05
+    for k, v in lin.state_dict().items():
+        assert v.dtype == torch.float32 and torch.equal(v, before[k])
+
+
+def test_attention_fused_vs_naive():
+    """SDPA and a naive attention in bf16 deviate from the float64 golden by the same order of magnitude."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 32, 16) for _ in range(3))
+
+    def naive(q, k, v):
+        return torch.softmax(q @ k.transpose(-1, -2) / 4.0, -1) @ v
+    fused = numeric_deviation(torch.nn.functional.scaled_dot_product_attention, q, k, v, dtypes=(torch.bfloat16,))
+    plain = numeric_deviation(naive, q, k, v, dtypes=(torch.bfloat16,))
+    ratio = fused["torch.bfloat16"].max_abs / plain["torch.bfloat16"].max_abs
+    assert 0.1 < ratio < 10
+
+
+def test_bad_input():
+    x = torch.ones(3)
+    with pytest.raises(ConfigError, match="callable"):
+        numeric_deviation(3, x)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="dtypes"):
+        numeric_deviation(torch.exp, x, dtypes=(torch.int32,))
+    with pytest.raises(ConfigError, match="dtypes"):
+        numeric_deviation(torch.exp, x, dtypes=())
+    with pytest.raises(ConfigError, match="rel_floor"):
+        numeric_deviation(torch.exp, x, rel_floor=0.0)
+    with pytest.raises(DataError, match="floating-point"):
+        numeric_deviation(torch.exp, torch.ones(3, dtype=torch.long))
+    with pytest.raises(DataError, match="no tensor"):
+        numeric_deviation(lambda t: 3, x)
+    with pytest.raises(DataError, match="NaN"):
+        numeric_deviation(torch.log, -x)
+    assert torch.equal(x, torch.ones(3))
