@@ -44,15 +44,32 @@ def _zoom_start(lr: np.ndarray) -> int:
     return max(1, warmup + int(0.05 * (lr.size - warmup)))
 
 
-def _zoom(ax: Any, series: Sequence[tuple[np.ndarray, np.ndarray]], start: int) -> None:
-    """y-limits from the values from step ``start`` on (see the module docstring)."""
+def _limits(series: Sequence[tuple[np.ndarray, np.ndarray]], start: int) -> tuple[float, float] | None:
     vals = [v[(s >= start) & np.isfinite(v)] for s, v in series]
     vals = [v for v in vals if v.size]
     if not vals:
-        return
+        return None
     allv = np.concatenate(vals)
-    lo, hi = float(allv.min()), float(allv.max())
-    pad = 0.08 * (hi - lo) if hi > lo else 0.01 * abs(hi) + 1e-12
+    return float(allv.min()), float(allv.max())
+
+
+def _zoom(ax: Any, series: Sequence[tuple[np.ndarray, np.ndarray]], start: int,
+          band: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> None:
+    """y-limits from the curves from step ``start`` on (see the module docstring).
+
+    An interval ``band`` widens the view by at most the curves' own span on each side, so that a very wide
+    band shows as filling the panel instead of flattening the curves.
+    """
+    limits = _limits(series, start)
+    if limits is None:
+        return
+    lo, hi = limits
+    span = hi - lo if hi > lo else 0.01 * abs(hi) + 1e-12
+    band_limits = _limits(band, start)
+    if band_limits is not None:
+        lo = max(min(lo, band_limits[0]), lo - span)
+        hi = min(max(hi, band_limits[1]), hi + span)
+    pad = 0.08 * (hi - lo)
     ax.set_ylim(lo - pad, hi + pad)
 
 
@@ -156,7 +173,9 @@ def plot_loss_prediction(
         if lo.shape != loss.shape or hi.shape != loss.shape:
             raise DataError(f"lower and upper must have shape {loss.shape}, got {lo.shape} and {hi.shape}")
         ax.fill_between(steps, lo, hi, color="C0", alpha=0.2, lw=0, label=_BAND_LABEL.format(level))
-        series += [(steps, lo), (steps, hi)]
+        band = [(steps, lo), (steps, hi)]
+    else:
+        band = []
     ax.plot(steps, loss, "-", color="C0", lw=1.5, label="predicted", zorder=3)
     if measured is not None:
         m, y, binned = _display_points(measured)
@@ -164,7 +183,7 @@ def plot_loss_prediction(
         label = f"measured ({measured.name}{', bin medians' if binned else ''})"
         ax.plot(m[keep], y[keep], ".", ms=3, color="C3", alpha=0.6, label=label)
         series.append((m[keep], y[keep]))
-    _zoom(ax, series, _zoom_start(lr))
+    _zoom(ax, series, _zoom_start(lr), band)
     ax.set_ylabel("loss")
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title or f"predicted loss, final {loss[-1]:.4g}")
