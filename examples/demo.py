@@ -13,10 +13,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from losslab.schedules import parse_schedule  # noqa: E402
+from losslab.schedules import parse_schedule
 
 
 def schedules_part(out: Path) -> str:

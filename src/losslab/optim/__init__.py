@@ -15,7 +15,7 @@ from losslab.optim.scale import SCALE, scale_param_groups
 from losslab.optim.sgd_sai import SGDSaI
 from losslab.optim.spam import SPAM
 
-__all__ = [  # noqa: RUF022 - plain sorted() order, as tests/test_public_api.py checks
+__all__ = [
     "AdamP",
     "DiffGrad",
     "MoMo",
