@@ -223,3 +223,21 @@ def test_list_scaling_laws_reads_the_registry():
     assert r.returncode == 0, r.stderr
     names = [row["name"] for row in json.loads(r.stdout)]
     assert "chinchilla" in names and names == sorted(names) and len(names) == 9
+
+
+def test_public_api_is_sorted_complete_and_documented():
+    import inspect
+
+    import losslab.forecast.scaling as pkg
+
+    assert list(pkg.__all__) == sorted(pkg.__all__)
+    for name in pkg.__all__:
+        obj = getattr(pkg, name)
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            assert inspect.getdoc(obj), name
+    defined = [n for n, o in vars(pkg).items() if not n.startswith("_") and (inspect.isfunction(o) or inspect.isclass(o))
+               and getattr(o, "__module__", "").startswith("losslab.forecast.scaling")]
+    assert not sorted(set(defined) - set(pkg.__all__))
+    assert "registry" in pkg.__all__ and len(pkg.registry) == 9
+    for info in pkg.registry:
+        assert "arXiv:" in info.reference, info.name

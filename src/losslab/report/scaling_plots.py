@@ -51,7 +51,7 @@ def plot_scaling_fit(fit: Any, data: Any, *, n_curves: int = 6, title: str | Non
             n = float(np.quantile(N, q))
             cc = np.geomspace(c_lo, c_hi, 200)
             pred = fit.predict(params=np.full(cc.size, n), tokens=cc / (6 * n))
-            ax.plot(cc, pred, color=cmap(float(sc.norm(np.log10(n)))), lw=1.2, label=f"fit at N={n:.3g}")
+            ax.plot(cc, pred, color=cmap(float(np.asarray(sc.norm(np.log10(n))))), lw=1.2, label=f"fit at N={n:.3g}")
         cc = np.geomspace(c_lo, c_hi, 200)
         try:
             opt = fit.optimal(cc)

@@ -22,7 +22,7 @@ def jac_vjp(jac: np.ndarray) -> Vjp:
     return lambda v: np.matmul(v[:, None, :], jac)[:, 0, :]
 
 
-def product_grid(*axes: Sequence[float]) -> np.ndarray:
+def product_grid(*axes: Sequence[float] | np.ndarray) -> np.ndarray:
     """Cartesian product of the axes as a (K, P) float64 array, the last axis varying fastest."""
     return np.array(list(itertools.product(*axes)), dtype=np.float64)
 

@@ -79,7 +79,7 @@ class SigmoidComputeLaw(ScalingLaw):
         return {"A": theta[..., 0], "B": theta[..., 1], "C_mid": np.exp(theta[..., 2]), "R0": r0}
 
     def default_starts(self) -> np.ndarray:
-        lo, mid, hi = self._r
+        lo, _, hi = self._r
         axes: list[list[float]] = [[float(hi), float(hi + (hi - lo)), float(2 * hi)], [0.5, 1.0, 2.0],
                                    [float(v) for v in self._lc]]
         if self.settings["r0"] is None:
