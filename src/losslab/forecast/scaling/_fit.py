@@ -159,7 +159,7 @@ def fit_scaling_law(data: ScalingData | Mapping[str, Any] | str, law: str | Scal
     for i in cand:
         res = minimize(lambda t: (lambda fg: (float(fg[0][0]), fg[1][0]))(fun(t[None, :], np.zeros(1, dtype=int))),
                        xs[i], jac=True, method="L-BFGS-B", bounds=scipy_bounds,
-                       options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 2000})
+                       options={"ftol": 1e-13, "gtol": 1e-10, "maxiter": 500})
         ok = np.isfinite(res.fun) and res.fun <= fs[i]
         polished.append((res.x, float(res.fun)) if ok else (xs[i], float(fs[i])))
     polished.sort(key=lambda t: t[1])

@@ -19,7 +19,7 @@ Vjp = Callable[[np.ndarray], np.ndarray]
 
 def jac_vjp(jac: np.ndarray) -> Vjp:
     """Vector-Jacobian product from an explicit Jacobian (K, n, P)."""
-    return lambda v: np.matmul(v[:, None, :], jac)[:, 0, :]
+    return lambda v: np.einsum("kn,knp->kp", v, jac)
 
 
 def product_grid(*axes: Sequence[float] | np.ndarray) -> np.ndarray:
