@@ -111,7 +111,7 @@ def test_flat_data_gives_a_flat_fit():
     X = np.linspace(2.0, 5.0, 30)
     fit = fit_scaling_law({"loss": X, "error": 0.4 + 0.0 * X}, "downstream_error", starts="coarse", quiet=True)
     pred = fit.predict(loss=X)
-    np.testing.assert_allclose(pred, 0.4, atol=1e-6)
+    np.testing.assert_allclose(pred, 0.4, atol=1e-5)
 
 
 def test_parameters_near_bounds_are_recovered():
