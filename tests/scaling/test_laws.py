@@ -126,3 +126,34 @@ def test_parameters_near_bounds_are_recovered():
     fit = fit_scaling_law({**CASES["overtraining"]["design"](), "loss": y}, "overtraining", starts="coarse",
                           quiet=True)
     np.testing.assert_allclose(fit.predict(CASES["overtraining"]["design"]()), y, rtol=1e-4)
+
+
+def test_kaplan_ns_trajectory_trades_steps_for_tokens_across_batch_sizes():
+    case = CASES["kaplan_ns"]
+    law = get_law("kaplan_ns")
+    theta = _theta(law, case["params"])[None, :]
+    S = np.geomspace(1e3, 1e6, 50)
+    small = law.predict_theta(theta, {"params": np.full(50, 1e8), "steps": S, "batch_size": np.full(50, 1e5)})[0]
+    large = law.predict_theta(theta, {"params": np.full(50, 1e8), "steps": S, "batch_size": np.full(50, 1e7)})[0]
+    assert np.all(np.diff(small) < 0) and np.all(large < small)  # the trajectory falls; bigger batches go faster
+    # to reach the same loss, the larger batch needs fewer steps but more tokens (Kaplan's trade-off)
+    target = small[25]
+    s_small = law.steps_for_loss(theta, np.array([target]), 1e8, 1e5)[0, 0]
+    s_large = law.steps_for_loss(theta, np.array([target]), 1e8, 1e7)[0, 0]
+    assert s_small == pytest.approx(S[25], rel=1e-8)
+    assert s_large < s_small and s_large * 1e7 > s_small * 1e5
+    bcrit = law.critical_batch(theta, np.array([target]))[0, 0]
+    assert bcrit == pytest.approx(case["params"]["Bstar"] / target ** (1 / case["params"]["alpha_B"]), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["chinchilla", "loss_to_loss"])
+def test_plot_returns_a_figure(name, tmp_path):
+    from matplotlib.figure import Figure
+
+    from losslab.report.scaling_plots import plot_scaling_fit
+
+    fit = fit_scaling_law(synthetic(name, noise=0.005), name, starts="coarse", quiet=True, **CASES[name]["settings"])
+    fig = plot_scaling_fit(fit, synthetic(name, noise=0.005))
+    assert isinstance(fig, Figure)
+    fig.savefig(tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 10_000
