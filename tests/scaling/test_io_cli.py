@@ -241,3 +241,15 @@ def test_public_api_is_sorted_complete_and_documented():
     assert "registry" in pkg.__all__ and len(pkg.registry) == 9
     for info in pkg.registry:
         assert "arXiv:" in info.reference, info.name
+
+
+def test_least_squares_fit_saves_and_loads(tmp_path):
+    fit = fit_scaling_law(synthetic("downstream_error", noise=0.01), "downstream_error", delta=float("inf"),
+                          starts="coarse", quiet=True)
+    fit.save(tmp_path / "ls.json")
+    back = ScalingFit.load(tmp_path / "ls.json")
+    assert back.delta == float("inf") and back.params == fit.params
+    with pytest.raises(ConfigError, match="delta='x'"):
+        fit_scaling_law(synthetic("chinchilla"), delta="x", quiet=True)
+    with pytest.raises(ConfigError, match="law instance"):
+        fit_scaling_law(synthetic("chinchilla"), get_law("chinchilla"), e_x=1.0, quiet=True)

@@ -37,7 +37,7 @@ def make_objective(law: ScalingLaw, X: Mapping[str, np.ndarray], y: np.ndarray, 
             return np.einsum("kn,kn->k", w, h), vjp(w * psi)
 
     def fun(theta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # rows in cache-sized blocks: the (K, n) temporaries stay in cache, 2-4x faster than one big batch
+        # rows in cache-sized blocks: the (K, n) temporaries stay in cache (measured 1.4x faster on 4500 x 240)
         step = max(1, BLOCK_ELEMENTS // max(1, y.size))
         parts = [block(theta[i:i + step], rows[i:i + step]) for i in range(0, theta.shape[0], step)]
         f = np.concatenate([p[0] for p in parts])
@@ -129,12 +129,18 @@ def fit_scaling_law(data: ScalingData | Mapping[str, Any] | str, law: str | Scal
     """
     from losslab.forecast.scaling._catalogue import get_law
 
+    if not isinstance(law, str) and law_settings:
+        raise ConfigError(f"law settings {sorted(law_settings)} were given with a law instance; pass the law by name "
+                          "or build the instance with its settings")
     law_obj = get_law(law, **law_settings) if isinstance(law, str) else law
     data = as_data(data)
     for name, value in (("bootstrap", bootstrap), ("polish", polish), ("max_iter", max_iter)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < (0 if name == "bootstrap" else 1):
             raise ConfigError(f"{name}={value!r} must be an integer >= {0 if name == 'bootstrap' else 1}")
-    delta = law_obj.delta if delta is None else float(delta)
+    try:
+        delta = law_obj.delta if delta is None else float(delta)
+    except (TypeError, ValueError):
+        raise ConfigError(f"delta={delta!r} must be a positive number (use inf for least squares)") from None
     if not delta > 0:
         raise ConfigError(f"delta={delta!r} must be > 0 (use inf for least squares)")
     X, y = law_obj.prepare(data)
@@ -187,5 +193,5 @@ def fit_scaling_law(data: ScalingData | Mapping[str, Any] | str, law: str | Scal
         n_starts=int(x0.shape[0]), n_failed_starts=int((~conv).sum()), bootstrap=boot,
         bootstrap_requested=int(bootstrap), bootstrap_failed=failed, seed=seed,
         provenance=provenance(law=law_obj.name, law_settings=law_obj.settings, starts=int(x0.shape[0]),
-                              delta=delta, bootstrap=int(bootstrap), seed=seed, polish=polish, max_iter=max_iter,
+                              delta=delta if np.isfinite(delta) else None, bootstrap=int(bootstrap), seed=seed, polish=polish, max_iter=max_iter,
                               source=data.source, n_points=data.n))
