@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from losslab.forecast.scaling import (
     absolute_relative_error,
@@ -84,3 +86,31 @@ def test_fit_optimal_has_intervals_that_contain_the_point():
     assert out["loss"][0] == pytest.approx(
         truth["E"] + truth["A"] / out["params"][0] ** truth["alpha"] + truth["B"] / out["tokens"][0] ** truth["beta"],
         rel=2e-2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(A=st.floats(1.0, 1e4), B=st.floats(1.0, 1e4), alpha=st.floats(0.05, 1.5), beta=st.floats(0.05, 1.5),
+       C=st.floats(1e15, 1e27))
+def test_compute_optimal_spends_the_budget_and_is_a_minimum(A, B, alpha, beta, C):
+    n, d = chinchilla_optimal(A, B, alpha, beta, C)
+    assert float(6 * n * d) == pytest.approx(C, rel=1e-9)
+
+    def loss(m):
+        return A / m**alpha + B / (C / (6 * m)) ** beta
+
+    assert loss(float(n)) <= min(loss(float(n) * 1.01), loss(float(n) / 1.01))
+
+
+def test_fit_is_deterministic_and_ignores_row_order():
+    d = synthetic("chinchilla", noise=0.01)
+    a = fit_scaling_law(d, starts="coarse", bootstrap=10, seed=5, quiet=True)
+    b = fit_scaling_law(d, starts="coarse", bootstrap=10, seed=5, quiet=True)
+    np.testing.assert_array_equal(a.theta, b.theta)
+    np.testing.assert_array_equal(a.bootstrap, b.bootstrap)
+    c = fit_scaling_law(d, starts="coarse", bootstrap=10, seed=6, quiet=True)
+    assert not np.array_equal(a.bootstrap, c.bootstrap)
+    perm = np.random.default_rng(0).permutation(d["loss"].size)
+    p = fit_scaling_law({k: v[perm] for k, v in d.items()}, starts="coarse", quiet=True)
+    assert p.objective == pytest.approx(a.objective, rel=1e-9)
+    np.testing.assert_allclose(p.predict(CASES["chinchilla"]["design"]()), a.predict(CASES["chinchilla"]["design"]()),
+                               rtol=1e-6)
