@@ -77,7 +77,7 @@ class ScalingFit:
     @property
     def params(self) -> dict[str, float]:
         """Reported parameters (e.g. A, B, E, alpha, beta)."""
-        return {k: float(v) for k, v in self.law.natural(self.theta[None, :]).items() for v in [v[0]]}
+        return {k: float(v[0]) for k, v in self.law.natural(self.theta[None, :]).items()}
 
     def _boot_natural(self) -> dict[str, np.ndarray]:
         if self.bootstrap is None or len(self.bootstrap) < 2:
