@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import REPO
 
-PACKAGES = ["losslab", "losslab.schedules", "losslab.forecast", "losslab.losses", "losslab.optim",
+PACKAGES = ["losslab", "losslab.schedules", "losslab.forecast", "losslab.forecast.scaling", "losslab.forecast.laws", "losslab.losses", "losslab.optim",
             "losslab.stability", "losslab.monitor", "losslab.diagnostics", "losslab.report"]
 
 
