@@ -443,3 +443,27 @@ def test_one_synchronisation_per_step_on_cuda():
     syncs = [w for w in record if "synchroniz" in str(w.message).lower()]
     assert len(syncs) == 1, [str(w.message) for w in syncs]
     assert monitor.history["grad_norm"][-1] > 0 and monitor.history["update_ratio"][-1] > 0
+
+
+def test_monitor_accepts_an_optimizer_wrapper_and_sees_skipped_steps(tmp_path):
+    from losslab.monitor import TrainingMonitor
+    from losslab.stability import SkipStepOnSpike
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = SkipStepOnSpike(torch.optim.AdamW(model.parameters(), lr=1e-2))
+    monitor = TrainingMonitor(model, opt, sinks=[tmp_path / "log.csv"], every_n_steps=1)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    for step in range(1, 81):
+        scale = 1000.0 if step == 70 else 1.0
+        loss = torch.nn.functional.mse_loss(model(x) * scale, y)
+        loss.backward()
+        grad_norm = monitor.clip_grad_norm_(1e6)
+        opt.step(loss=loss, grad_norm=grad_norm)
+        monitor.step(loss=loss)
+        opt.zero_grad()
+    monitor.close()
+    assert opt.last_skipped is False
+    assert any(e.step == 70 and e.metric == "loss" for e in monitor.events)
+    ratios = monitor.history["update_ratio"]
+    assert ratios[69] == 0.0 and ratios[68] > 0.0  # the skipped step changed no parameter

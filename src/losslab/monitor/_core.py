@@ -50,6 +50,11 @@ def _as_sink(s: Any) -> MonitorSink:
     return s  # type: ignore[no-any-return]
 
 
+def _is_optimizer_like(obj: Any) -> bool:
+    """A torch optimizer, or a wrapper (SkipStepOnSpike, SAM-style) that exposes its param_groups and state."""
+    return isinstance(obj, torch.optim.Optimizer) or (hasattr(obj, "param_groups") and hasattr(obj, "state"))
+
+
 class TrainingMonitor(MonitorMeasure):
     r"""Watch a training run step by step: loss, gradient and update norms, logits, Adam health, spikes.
 
@@ -164,8 +169,9 @@ class TrainingMonitor(MonitorMeasure):
             raise ConfigError(f"per_layer must be one of {', '.join(_PER_LAYER)}, got {per_layer!r}")
         if model is not None and not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise ConfigError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if optimizer is not None and not _is_optimizer_like(optimizer):
+            raise ConfigError(f"optimizer must be a torch.optim.Optimizer or a wrapper exposing param_groups and "
+                              f"state (like losslab.stability.SkipStepOnSpike), got {type(optimizer).__name__}")
         dets = _default_detectors() if detectors is None else detectors
         if not isinstance(dets, Mapping):
             raise ConfigError("detectors must be a mapping {metric: detector or list of detectors}, "
