@@ -124,6 +124,9 @@ def main() -> int:
             print(f"{name:34s} {t:7.2f} {100 * r['mean']:9.3f}% {100 * r['worst']:9.3f}% {100 * r['coverage']:8.1f}% {100 * r['cov_in']:6.1f}/{100 * r['cov_out']:5.1f}% "
                   f"{100 * r['half_in']:6.3f}/{100 * r['half_out']:6.3f}%")
         print(f"(mpl fit with interval calibration: {t_cal:.2f} s; auto incl. calibration: {t_auto:.2f} s)")
+        sel = fits["auto"].diagnostics["selection"]
+        print(f"auto ({sel['method']}) held-out mean rel. error: " + ", ".join(
+            f"{k}={100 * v:.3f}%" for k, v in sel["holdout_error"].items() if v is not None) + f" -> {sel['chosen']}")
         print("signed final-step error (pred - true)/true, test curves:")
         print(f"{'':34s} " + " ".join(f"{n[:10]:>10s}" for n in D.TEST))
         for name, r in results.items():
