@@ -45,7 +45,10 @@ def naive_mpl(theta: np.ndarray, lr: np.ndarray, steps: np.ndarray) -> np.ndarra
 
 
 def metrics(fit, curves) -> dict[str, object]:
+    from losslab.forecast.uncertainty import excess
+
     rel, worst, final, inside, n = [], [], {}, 0, 0
+    half_in, half_out, cov_in, cov_out = [], [], [], []
     for c in curves:
         st = c.measured
         y = c.loss[st - 1]
@@ -54,9 +57,21 @@ def metrics(fit, curves) -> dict[str, object]:
         rel.append(e.mean())
         worst.append(e.max())
         final[c.name] = (pred[-1] - y[-1]) / y[-1]
-        inside += int(np.sum((y >= lo) & (y <= hi)))
+        ok = (y >= lo) & (y <= hi)
+        inside += int(np.sum(ok))
         n += y.size
-    return {"mean": float(np.mean(rel)), "worst": float(np.mean(worst)), "final": final, "coverage": inside / n}
+        half = (hi - lo) / 2 / pred
+        ext = fit.uncertainty.get("extent")
+        far = np.zeros(st.size, bool) if ext is None else np.any(np.stack(excess(c.lr, st, ext)) > 0, axis=0)
+        half_in.append(half[~far])
+        half_out.append(half[far])
+        cov_in.append(ok[~far])
+        cov_out.append(ok[far])
+    return {"mean": float(np.mean(rel)), "worst": float(np.mean(worst)), "final": final, "coverage": inside / n,
+            "half_in": float(np.mean(np.concatenate(half_in))) if np.concatenate(half_in).size else float("nan"),
+            "half_out": float(np.mean(np.concatenate(half_out))) if np.concatenate(half_out).size else float("nan"),
+            "cov_in": float(np.mean(np.concatenate(cov_in))) if np.concatenate(cov_in).size else float("nan"),
+            "cov_out": float(np.mean(np.concatenate(cov_out))) if np.concatenate(cov_out).size else float("nan")}
 
 
 def main() -> int:
@@ -100,14 +115,18 @@ def main() -> int:
         results = {"MPL, authors' params (our eval)": metrics(repo, test)}
         for law in [*LAWS, "auto"]:
             results[f"{law}" + (f" -> {fits[law].law}" if law == "auto" else "")] = metrics(fits[law], test)
-        print(f"{'law':34s} {'fit s':>7s} {'test mean':>10s} {'test worst':>10s} {'90% cover':>9s}")
+        print(f"{'law':34s} {'fit s':>7s} {'test mean':>10s} {'test worst':>10s} {'90% cover':>9s} {'in/out cover':>13s} {'half-w in/out':>15s}")
         for name, _, m, w in rows:
             print(f"{name:34s} {'':>7s} {100 * m:9.3f}% {100 * w:9.3f}%")
         for name, r in results.items():
             key = name.split()[0]
             t = np.median(times[key]) if key in times else (t_auto if key == "auto" else float("nan"))
-            print(f"{name:34s} {t:7.2f} {100 * r['mean']:9.3f}% {100 * r['worst']:9.3f}% {100 * r['coverage']:8.1f}%")
+            print(f"{name:34s} {t:7.2f} {100 * r['mean']:9.3f}% {100 * r['worst']:9.3f}% {100 * r['coverage']:8.1f}% {100 * r['cov_in']:6.1f}/{100 * r['cov_out']:5.1f}% "
+                  f"{100 * r['half_in']:6.3f}/{100 * r['half_out']:6.3f}%")
         print(f"(mpl fit with interval calibration: {t_cal:.2f} s; auto incl. calibration: {t_auto:.2f} s)")
+        sel = fits["auto"].diagnostics["selection"]
+        print(f"auto ({sel['method']}) held-out mean rel. error: " + ", ".join(
+            f"{k}={100 * v:.3f}%" for k, v in sel["holdout_error"].items() if v is not None) + f" -> {sel['chosen']}")
         print("signed final-step error (pred - true)/true, test curves:")
         print(f"{'':34s} " + " ".join(f"{n[:10]:>10s}" for n in D.TEST))
         for name, r in results.items():

@@ -89,3 +89,26 @@ def test_mpl_data_tissue_and_mpl_beat_the_power_law(shared_data):
     errs = [np.mean(np.abs(law.predict(np.array(D.REPO_PARAMS["25"]), c.lr, c.measured) - c.loss[c.measured - 1])
                     / c.loss[c.measured - 1]) for c in (loaded[n][0] for n in D.TEST)]
     assert np.mean(errs) == pytest.approx(D.PUBLISHED["25"][0], abs=2e-5)
+
+
+def test_auto_scores_by_leave_one_curve_out():
+    # the selection score of each law is the mean over curves of the mean relative error of that curve predicted
+    # from a fit (best grid start) on the others, computed here with the public API
+    data = curves("tissue", noise=0.002, names=("cosine", "step"), every=20)
+    fit = fit_curves(data, "auto", quiet=True)
+    sel = fit.diagnostics["selection"]
+    assert sel["method"] == "leave-one-curve-out"
+    for law in ("power", "tissue"):
+        errs = []
+        for i, c in enumerate(data):
+            other = fit_curves([d for j, d in enumerate(data) if j != i], law, quiet=True, n_starts=1, calibrate=False)
+            at = c.measured[c.measured > np.argmax(c.lr)]
+            y = c.loss[at - 1]
+            errs.append(np.mean(np.abs(other.predict(c.lr, steps=at) - y) / y))
+        assert sel["holdout_error"][law] == pytest.approx(np.mean(errs), rel=1e-9)
+    assert "leave-one-curve-out" in fit.summary()
+
+
+def test_auto_on_one_curve_scores_the_tail():
+    fit = fit_curves(curves("power", noise=0.001, names=("cosine",)), "auto", quiet=True)
+    assert fit.diagnostics["selection"]["method"] == "tail"

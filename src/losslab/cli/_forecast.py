@@ -61,8 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit = sub.add_parser("fit", help="fit a law jointly to one or more runs and save it as JSON",
                          description="Fit a loss-curve law (shared parameters) to the runs and write FIT.json.")
     fit.add_argument("runs", nargs="+", metavar="RUN", help="run files: .csv, .jsonl, TensorBoard file or directory")
-    fit.add_argument("--law", default="auto", help="tissue | mpl | power | auto (default: auto, chosen on a "
-                                                   "held-out tail of each run; `losslab list laws`)")
+    fit.add_argument("--law", default="auto", help="tissue | mpl | power | auto (default: auto, chosen by "
+                                                   "leave-one-run-out, or the held-out tail of a single run; `losslab list laws`)")
     fit.add_argument("-o", "--output", required=True, metavar="FIT.json", help="where to write the fit")
     fit.add_argument("--plot", metavar="FIT.png", default=None, help="also draw measured vs fitted curves")
     fit.add_argument("--schedule", action="append", default=None, metavar="SPEC",

@@ -3,8 +3,9 @@
 The recipe (Chinchilla Approach 3, as replicated by Besiroglu et al. 2024, arXiv:2404.10102): minimise
 ``sum_i Huber_delta(log L_i - log Lhat_i)`` (``delta = 1e-3``) over every point of every curve with shared
 parameters, inside bounds, from a grid of starting points; report parameters stuck at a bound and failed starts.
-``law="auto"`` fits every registered law on the head of each curve, scores it on the held-out tail, picks the
-simplest law within 5 % of the best tail error and refits it on all data.
+``law="auto"`` scores every registered law on held-out data (with two curves or more: each curve predicted from
+a fit on the others; with one curve: its held-out tail predicted from its head), picks the simplest law within
+5 % of the best held-out error and refits it on all data.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ class CurveFit:
                          f"worst {100 * c['worst_rel_err']:.3f} %")
         sel = d.get("selection")
         if sel:
-            lines.append("auto selection (held-out tail mean rel. error): " + ", ".join(
+            lines.append(f"auto selection ({sel.get('method', 'tail')} mean rel. error): " + ", ".join(
                 f"{k}={100 * v:.3f} %" if v is not None else f"{k}=not fitted" for k, v in sel["holdout_error"].items()))
         lines.append(f"params at bounds: {', '.join(d.get('at_bounds', [])) or 'none'}")
         lines.append(f"starts: {d.get('n_starts', 0)}, failed: {d.get('failed_starts', 0)}; "
@@ -236,6 +237,48 @@ def _rel_errors(law: Law, theta: np.ndarray, pts: Points) -> np.ndarray:
     return np.abs(pred - pts.y) / pts.y
 
 
+def _select(names: Sequence[str], points: Sequence[Points], law_options: dict[str, Any], delta: float,
+            quiet: bool | None, n_starts: int | None, holdout: float) -> dict[str, Any]:
+    """``law="auto"``: score every law on held-out data and keep the simplest one within the tolerance.
+
+    With two curves or more, leave-one-curve-out: each curve in turn is predicted from a fit on the others and
+    the score is the mean over curves of the mean relative error (schedule transfer, what a forecast is used
+    for). With one curve, the held-out tail (last ``holdout`` of its steps) predicted from its head.
+    """
+    if len(points) >= 2:
+        method = "leave-one-curve-out"
+        splits = [([p for j, p in enumerate(points) if j != i], [points[i]]) for i in range(len(points))]
+    else:
+        method = "tail"
+        heads, tails = split_tail(points, holdout)
+        if not tails:
+            raise DataError("law='auto' needs curves long enough to hold out a tail; pass law='tissue' or longer curves")
+        splits = [(heads, tails)]
+    starts = 1 if (n_starts is None and method != "tail") else n_starts  # the best grid start for each refit
+    scores: dict[str, float] = {}
+    for n in names:
+        opts = _law_options(n, law_options, False)
+        n_params = len(_law(n, opts).active_params)
+        per_curve: list[float] = []
+        for fitted, scored in splits:
+            if n_params > sum(p.steps.size for p in fitted):
+                per_curve = []  # more parameters than points: not a candidate
+                break
+            lw, out = _fit_points(n, fitted, opts, delta, quiet, starts)
+            if not np.all(np.isfinite(out.theta)):
+                per_curve = []
+                break
+            per_curve += [float(np.mean(_rel_errors(lw, out.theta, p))) for p in scored]
+        scores[n] = float(np.mean(per_curve)) if per_curve and np.all(np.isfinite(per_curve)) else float("inf")
+    best = min(scores.values())
+    if not np.isfinite(best):
+        raise FitError("law='auto': every law failed on the held-out split; fit a named law to see why")
+    by_size = sorted(names, key=lambda n: len(registry.get(n)().active_params))
+    chosen = next(n for n in by_size if scores[n] <= best * (1.0 + AUTO_TOLERANCE))
+    return {"holdout_error": {k: (v if np.isfinite(v) else None) for k, v in scores.items()},
+            "method": method, "holdout_fraction": holdout, "tolerance": AUTO_TOLERANCE, "chosen": chosen}
+
+
 def fit_curves(curves: Sequence[Curve] | Curve, law: str = "auto", *, huber_delta: float = 1e-3, seed: int = 0,
                quiet: bool | None = None, max_points: int = 400, skip_warmup: bool = True,
                n_starts: int | None = None, holdout: float = 0.2, calibrate: bool = True,
@@ -249,17 +292,18 @@ def fit_curves(curves: Sequence[Curve] | Curve, law: str = "auto", *, huber_delt
         curves: one or more :class:`~losslab.forecast.Curve` (per-step lr of steps 1..T, loss NaN where not
             measured). Sparse evaluation points and raw per-step logs both work: curves with more than
             ``max_points`` measured steps are binned (median of each bin).
-        law: a registered law (``losslab list laws``: "power", "tissue", "mpl") or "auto".
+        law: a registered law (``losslab list laws``: "power", "tissue", "mpl") or "auto" (with two curves or
+            more, the law that best predicts each curve from a fit on the others; with one, its held-out tail).
         huber_delta: Huber threshold on the log residual (1e-3, the Chinchilla value).
         seed: seed of the interval calibration (the fit itself is deterministic).
         quiet: hide the progress bar over starts (None: hide unless stderr is a terminal).
         max_points: fitting points per curve at most (binning of dense logs).
         skip_warmup: ignore measured losses inside the warmup (steps before the LR first reaches its peak).
         n_starts: starts handed to the solver (default: the law's own, 4 for tissue/power, 3 for mpl).
-        holdout: fraction of each curve's steps held out as its tail when ``law="auto"`` scores the laws and when
-            the model-error scale of the prediction intervals is calibrated.
-        calibrate: calibrate the prediction intervals on held-out tails (one more fit); False keeps only the
-            in-sample scale (narrower intervals, faster).
+        holdout: fraction of each curve's steps held out as its tail when ``law="auto"`` scores the laws on a
+            single curve and when the model-error scale of the prediction intervals is calibrated.
+        calibrate: calibrate the prediction intervals on held-out tails and left-out curves (two tail refits and
+            one refit per curve); False keeps only the in-sample scale (narrower intervals, faster).
         **law_options: options of the law, e.g. ``lam=0.999``, ``warmup="peak"``, ``prior=1.0`` (with "auto"
             each law takes the options it knows).
 
@@ -313,27 +357,8 @@ def fit_curves(curves: Sequence[Curve] | Curve, law: str = "auto", *, huber_delt
 
     selection = None
     if auto:
-        heads, tails = split_tail(points, holdout)
-        if not tails:
-            raise DataError("law='auto' needs curves long enough to hold out a tail; pass law='tissue' or longer curves")
-        scores: dict[str, float] = {}
-        n_heads = sum(p.steps.size for p in heads)
-        for n in names:
-            if len(_law(n, _law_options(n, law_options, False)).active_params) > n_heads:
-                scores[n] = float("inf")  # more parameters than points: not a candidate
-                continue
-            lw, out = _fit_points(n, heads, _law_options(n, law_options, False), huber_delta, quiet, n_starts)
-            errs = [_rel_errors(lw, out.theta, p) for p in tails] if np.all(np.isfinite(out.theta)) else []
-            scores[n] = float(np.mean(np.concatenate(errs))) if errs else float("inf")
-        best = min(scores.values())
-        if not np.isfinite(best):
-            raise FitError("law='auto': every law failed on the held-out split; fit a named law to see why")
-        by_size = sorted(names, key=lambda n: len(registry.get(n)().active_params))
-        chosen = next(n for n in by_size if scores[n] <= best * (1.0 + AUTO_TOLERANCE))
-        selection = {"holdout_error": {k: (v if np.isfinite(v) else None) for k, v in scores.items()},
-                     "holdout_fraction": holdout, "tolerance": AUTO_TOLERANCE,
-                     "chosen": chosen}
-        names = [chosen]
+        selection = _select(names, points, law_options, huber_delta, quiet, n_starts, holdout)
+        names = [selection["chosen"]]
 
     name = names[0]
     options = _law_options(name, law_options, strict=not auto)
