@@ -94,7 +94,7 @@ def test_mpl_data_tissue_and_mpl_beat_the_power_law(shared_data):
 def test_auto_scores_by_leave_one_curve_out():
     # the selection score of each law is the mean over curves of the mean relative error of that curve predicted
     # from a fit (best grid start) on the others, computed here with the public API
-    data = curves("tissue", noise=0.002, names=("cosine", "step"), every=20)
+    data = curves("tissue", noise=0.002, names=("cosine", "step", "wsd"), every=20)
     fit = fit_curves(data, "auto", quiet=True)
     sel = fit.diagnostics["selection"]
     assert sel["method"] == "leave-one-curve-out"
@@ -107,6 +107,12 @@ def test_auto_scores_by_leave_one_curve_out():
             errs.append(np.mean(np.abs(other.predict(c.lr, steps=at) - y) / y))
         assert sel["holdout_error"][law] == pytest.approx(np.mean(errs), rel=1e-9)
     assert "leave-one-curve-out" in fit.summary()
+
+
+def test_auto_on_two_curves_scores_the_tails():
+    # leaving one of two curves out would fit the annealing terms on one schedule: tails are used instead
+    data = curves("tissue", noise=0.002, names=("cosine", "step"), every=20)
+    assert fit_curves(data, "auto", quiet=True).diagnostics["selection"]["method"] == "tail"
 
 
 def test_auto_on_one_curve_scores_the_tail():

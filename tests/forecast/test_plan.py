@@ -89,3 +89,17 @@ def test_peak_is_required_when_the_fit_does_not_record_it():
     fit.settings = {}
     with pytest.raises(ConfigError, match="pass peak"):
         plan_schedule(fit, 1000)
+
+
+def test_final_ratio_stays_within_the_fitted_lr_range_unless_asked():
+    fit = tissue_fit(c=0.5)
+    fit.uncertainty["extent"] = {"steps": 4000.0, "s1": 4.0, "lr_min": 1e-4}  # fitted down to 0.1 x peak
+    bounded = plan_schedule(fit, 4000, "cosine")
+    assert bounded.min_final_ratio == pytest.approx(0.1)
+    assert bounded.best.params["final_ratio"] >= 0.1 - 1e-12
+    free = plan_schedule(fit, 4000, "cosine", min_final_ratio=0.0)
+    assert free.best.params["final_ratio"] < 0.1  # the law alone rewards decaying further
+    assert free.best_loss <= bounded.best_loss
+    assert bounded.to_dict()["min_final_ratio"] == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="min_final_ratio must be in"):
+        plan_schedule(fit, 4000, "cosine", min_final_ratio=1.5)

@@ -99,6 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.add_argument("--family", default="wsd", help="wsd | cosine (default wsd)")
     plan.add_argument("--peak", type=float, default=None, help="peak lr (default: the peak of the fitted runs)")
     plan.add_argument("--warmup", type=int, default=0, metavar="N", help="linear warmup steps (default 0)")
+    plan.add_argument("--min-final-ratio", type=float, default=None, metavar="R",
+                      help="lowest final lr / peak searched (default: the lowest lr of the fitted runs; 0 = any)")
     plan.add_argument("-o", "--output", default=None, metavar="SCHEDULE.csv",
                       help="write the best schedule as step,lr (usable with predict --schedule)")
     plan.add_argument("--plot", default=None, metavar="PLAN.png", help="draw the best schedule and its prediction")
@@ -267,7 +269,8 @@ def run_plan(args: argparse.Namespace) -> int:
     fit = _load_fit(args.fit)
     from losslab.forecast.plan import plan_schedule
 
-    plan = plan_schedule(fit, args.steps, args.family, peak=args.peak, warmup=args.warmup)
+    plan = plan_schedule(fit, args.steps, args.family, peak=args.peak, warmup=args.warmup,
+                         min_final_ratio=args.min_final_ratio)
     best_lr = plan.best.lr(args.steps)
     if args.output:
         lines = ["step,lr", *(f"{i},{v:.10g}" for i, v in enumerate(best_lr, start=1))]

@@ -25,6 +25,11 @@ class Points:
     count: np.ndarray
 
 
+
+# Leave-one-curve-out needs every refit to keep at least two schedules: a law fitted on one schedule (often a
+# constant one) has unidentified annealing terms, and its transfer error measures that, not the law.
+MIN_CURVES_FOR_LOCO = 3
+
 def check_lr(lr: object, what: str = "lr") -> np.ndarray:
     """A 1-D float64 copy of ``lr``; DataError if it is empty, not 1-D, non-finite or negative."""
     try:

@@ -22,7 +22,7 @@ import numpy as np
 from losslab._errors import ConfigError, DataError, FitError
 from losslab._provenance import provenance
 from losslab.forecast._curve import Curve
-from losslab.forecast._points import Points, check_lr, curve_points, split_tail
+from losslab.forecast._points import MIN_CURVES_FOR_LOCO, Points, check_lr, curve_points, split_tail
 from losslab.forecast.laws import registry
 from losslab.forecast.laws._base import Law
 
@@ -241,11 +241,14 @@ def _select(names: Sequence[str], points: Sequence[Points], law_options: dict[st
             quiet: bool | None, n_starts: int | None, holdout: float) -> dict[str, Any]:
     """``law="auto"``: score every law on held-out data and keep the simplest one within the tolerance.
 
-    With two curves or more, leave-one-curve-out: each curve in turn is predicted from a fit on the others and
+    With three curves or more, leave-one-curve-out: each curve in turn is predicted from a fit on the others and
     the score is the mean over curves of the mean relative error (schedule transfer, what a forecast is used
-    for). With one curve, the held-out tail (last ``holdout`` of its steps) predicted from its head.
+    for). With one or two curves, the held-out tails (last ``holdout`` of the steps of every curve) predicted
+    from a joint fit on the heads: leaving one of two curves out would fit the annealing terms on a single
+    schedule (often a constant one, which says nothing about annealing), so that score would mostly reward the
+    laws with the fewest schedule-dependent parameters.
     """
-    if len(points) >= 2:
+    if len(points) >= MIN_CURVES_FOR_LOCO:
         method = "leave-one-curve-out"
         splits = [([p for j, p in enumerate(points) if j != i], [points[i]]) for i in range(len(points))]
     else:

@@ -41,6 +41,7 @@ class SchedulePlan:
         baselines: predicted final loss of the default schedules ("cosine": to 10 % of the peak; "wsd": 20 %
             linear cooldown to 0), same peak, steps and warmup.
         family, steps, peak, warmup: the request.
+        min_final_ratio: the lowest final-LR ratio that was searched (see :func:`plan_schedule`).
         evaluated: number of schedules whose final loss was predicted.
         law: the fitted law used.
     """
@@ -55,12 +56,14 @@ class SchedulePlan:
     evaluated: int
     law: str
     table: list[dict[str, Any]] = field(default_factory=list)
+    min_final_ratio: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (the best schedule as a spec string)."""
         return {"best": self.best.to_spec(), "best_loss": self.best_loss, "baselines": dict(self.baselines),
                 "family": self.family, "steps": self.steps, "peak": self.peak, "warmup": self.warmup,
-                "evaluated": self.evaluated, "law": self.law, "table": self.table}
+                "evaluated": self.evaluated, "law": self.law, "table": self.table,
+                "min_final_ratio": self.min_final_ratio}
 
     def summary(self) -> str:
         """A few human lines: the best schedule, its predicted final loss and the gain over the defaults."""
@@ -69,7 +72,7 @@ class SchedulePlan:
         for name, loss in self.baselines.items():
             gain = 100.0 * (loss - self.best_loss) / loss
             lines.append(f"  default {name}: {loss:.4f} (planned is {gain:+.2f} % lower)")
-        lines.append(f"  {self.evaluated} schedules evaluated")
+        lines.append(f"  {self.evaluated} schedules evaluated, final-LR ratio searched down to {self.min_final_ratio:g}")
         return "\n".join(lines)
 
 
@@ -83,8 +86,15 @@ def _spec(family: str, peak: float, steps: int, warmup: int, values: dict[str, A
     return Schedule(family, params)
 
 
+def _final_floor(fit: Any, peak: float) -> float:
+    """Smallest fitted LR after warmup over ``peak`` (0 when the fit does not record it)."""
+    extent = (getattr(fit, "uncertainty", None) or {}).get("extent") or {}
+    lr_min = float(extent.get("lr_min", 0.0))
+    return float(min(1.0, lr_min / peak)) if math.isfinite(lr_min) and lr_min > 0 else 0.0
+
+
 def plan_schedule(fit: Any, steps: int, family: str = "wsd", *, peak: float | None = None,
-                  warmup: int = 0) -> SchedulePlan:
+                  warmup: int = 0, min_final_ratio: float | None = None) -> SchedulePlan:
     """Find the schedule of ``family`` with the lowest predicted loss after ``steps`` steps.
 
     Args:
@@ -96,6 +106,10 @@ def plan_schedule(fit: Any, steps: int, family: str = "wsd", *, peak: float | No
             little about another).
         warmup: linear warmup steps of every candidate (use the warmup of the fitted runs for MPL, whose
             ``S_W`` counts the warmup area).
+        min_final_ratio: lowest final-LR ratio searched. Default: the smallest LR the law was fitted on (after
+            warmup) divided by ``peak`` — below it the law extrapolates and its plans are not to be trusted
+            (a law fitted on decays to 0.1 x peak typically over-credits a decay to 0.001 x peak). Pass 0 to
+            search the whole range anyway.
 
     Returns:
         A :class:`SchedulePlan` with the best schedule, its predicted final loss and the defaults' losses.
@@ -128,6 +142,10 @@ def plan_schedule(fit: Any, steps: int, family: str = "wsd", *, peak: float | No
     if not (isinstance(peak, (int, float)) and math.isfinite(peak) and peak > 0):
         raise ConfigError(f"peak must be a finite learning rate > 0, got {peak!r}")
     peak = float(peak)
+    floor = _final_floor(fit, peak) if min_final_ratio is None else min_final_ratio
+    if not (isinstance(floor, (int, float)) and math.isfinite(floor) and 0.0 <= floor <= 1.0):
+        raise ConfigError(f"min_final_ratio must be in [0, 1], got {min_final_ratio!r}")
+    finals = sorted({max(f, floor) for f in _FINALS})
     last = np.array([steps])
     cache: dict[str, float] = {}
 
@@ -146,7 +164,7 @@ def plan_schedule(fit: Any, steps: int, family: str = "wsd", *, peak: float | No
     for shape in shapes:
         grid = []
         for decay in decays:
-            for final in _FINALS:
+            for final in finals:
                 if shape == "exp" and final == 0.0:
                     continue
                 values = {"decay": decay, "cooldown": shape, "final_ratio": final}
@@ -154,7 +172,7 @@ def plan_schedule(fit: Any, steps: int, family: str = "wsd", *, peak: float | No
                 grid.append((final_loss(sched), values))
         loss0, v0 = min(grid, key=lambda item: item[0])
         # refine the continuous parameters of this shape around its best grid point
-        lo_final = 1e-3 if shape == "exp" else 0.0
+        lo_final = max(1e-3 if shape == "exp" else 0.0, floor)
 
         def objective(x: np.ndarray, shape: str = shape, lo_final: float = lo_final) -> float:
             decay = float(np.clip(x[0], 0.01, max_decay)) if family == "wsd" else 1.0
@@ -184,4 +202,5 @@ def plan_schedule(fit: Any, steps: int, family: str = "wsd", *, peak: float | No
     if not math.isfinite(best[0]):
         raise ConfigError("the fitted law predicts no finite loss for this budget; check steps and peak")
     return SchedulePlan(best=best[1], best_loss=best[0], baselines=baselines, family=family, steps=steps, peak=peak,
-                        warmup=warmup, evaluated=len(cache), law=fit.law, table=table)
+                        warmup=warmup, evaluated=len(cache), law=fit.law, table=table,
+                        min_final_ratio=float(floor))

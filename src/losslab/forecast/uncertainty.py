@@ -69,7 +69,7 @@ def calibrate(fit: Any, law: Any, outcome: Any, points: Sequence[Any], *, seed: 
     Returns:
         A JSON-safe dict with ``cov`` (list of lists), ``scale``, ``rho``, ``model_error`` and the method name.
     """
-    from losslab.forecast._points import split_tail
+    from losslab.forecast._points import MIN_CURVES_FOR_LOCO, split_tail
     from losslab.forecast.fit import _fit_points
 
     r = np.asarray(outcome.residuals, dtype=np.float64)
@@ -111,7 +111,7 @@ def calibrate(fit: Any, law: Any, outcome: Any, points: Sequence[Any], *, seed: 
             held_out(long_heads, long_tails)
     # leave-one-curve-out: schedule transfer, the error a user meets when predicting a new schedule
     loco_rms = None
-    if frac > 0 and len(points) >= 2:
+    if frac > 0 and len(points) >= MIN_CURVES_FOR_LOCO:
         start = len(calib)
         for i in range(len(points)):
             held_out([p for j, p in enumerate(points) if j != i], [points[i]])
