@@ -55,17 +55,22 @@ def _chunk(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, 
     else:
         t = None
         z = logits
-    lse = torch.logsumexp(z, dim=1)
+    # statistics that need z itself, before z's buffer is overwritten by exp(z - max)
     z_y = z.gather(1, target.unsqueeze(1)).squeeze(1)
+    z_smooth = None if eps == 0 else (z.mean(1) if cw is None else z @ cw)
+    zmax = z.amax(1, keepdim=True)
+    e = z.sub_(zmax).exp_()  # one exp pass, in place: e = exp(z - max)
+    total = e.sum(1)
+    lse = zmax.squeeze(1) + total.log()
     wy = cw[target] if cw is not None else None
     nll = lse - z_y
     ce = nll if wy is None else nll * wy
-    if eps > 0:
+    if z_smooth is not None:
         if cw is None:
-            smooth = lse - z.mean(1)
+            smooth = lse - z_smooth
             s_total = torch.ones_like(lse)
         else:
-            smooth = (lse * cw.sum() - z @ cw) / v
+            smooth = (lse * cw.sum() - z_smooth) / v
             s_total = (1 - eps) * wy + eps * cw.sum() / v  # type: ignore[operator]
         ce = (1 - eps) * ce + eps * smooth
     else:
@@ -73,12 +78,10 @@ def _chunk(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, 
     ce = torch.where(mask, ce, torch.zeros_like(ce))
     if not want_grads:
         return ce, lse, None
-    # p = softmax(z), in place in z's buffer
-    p = z.sub_(lse.unsqueeze(1)).exp_()
     row = ce_scale * s_total
     if cfg.z_loss > 0:
         row = row + z_scale * 2.0 * cfg.z_loss * lse
-    dz = p.mul_(row.unsqueeze(1))
+    dz = e.mul_((row / total).unsqueeze(1))  # p = e / total, times the row factor, in place
     hot = ce_scale * (1 - eps) * (1.0 if wy is None else wy)
     dz.scatter_add_(1, target.unsqueeze(1), -hot.unsqueeze(1).to(dz.dtype))
     if eps > 0:
