@@ -31,3 +31,11 @@ def test_cli_lists_every_loss():
     rows = json.loads(out.stdout)
     assert [r["name"] for r in rows] == L.names()
     assert all("arXiv:" in r["reference"] for r in rows)
+
+
+def test_user_guide_lists_every_loss():
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "losses.md").read_text()
+    missing = [n for n in L.names() if f"`{n}`" not in text]
+    assert not missing, f"docs/losses.md does not list {missing}"
