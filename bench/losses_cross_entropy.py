@@ -92,6 +92,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--z-loss", type=float, default=1e-4)
     p.add_argument("--skip-naive", action="store_true", help="only the fused path (e.g. to re-sweep chunk sizes)")
+    p.add_argument("--bracket", action="store_true",
+                   help="run the fused children before AND after the naive one (controls for load drift); the fused "
+                        "time is then the median over both children's repeats, the peak the larger of the two")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", default="fused", help=argparse.SUPPRESS)
     p.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
@@ -104,22 +107,36 @@ def main() -> None:
     print(f"# tokens={args.tokens} hidden={args.hidden} vocab={args.vocab} fp32 z_loss={args.z_loss} "
           f"threads={args.threads} repeats={args.repeats} torch={torch.__version__} cpus={os.cpu_count()}")
     chunks = [int(c) for c in args.chunks.split(",") if c]
-    rows = []
-    naive = None if args.skip_naive else run_child(args, "naive", 0)
-    if naive:
-        rows.append(naive)
-    for c in chunks:
-        rows.append(run_child(args, "fused", c))
     gib = 2.0**30
     print(f"{'variant':<14}{'time s':>9}{'peak GiB':>10}{'extra GiB':>11}{'time ratio':>12}{'peak ratio':>12}"
-          f"{'extra ratio':>13}{'loss':>12}")
+          f"{'extra ratio':>13}{'loss':>12}", flush=True)
+    naive = None
+    rows = []
+    fused = [("fused", c) for c in chunks]
+    order = ([] if args.skip_naive else [("naive", 0)]) + fused
+    if args.bracket and not args.skip_naive:
+        order = [*fused, ("naive", 0), *fused]
+    results: dict[tuple[str, int], list[dict]] = {}
+    for variant, c in order:
+        r = run_child(args, variant, c)
+        print(f"# child {variant} c={c}: times {[round(t, 2) for t in r['times']]} peak {r['peak_rss'] / gib:.3f} GiB",
+              flush=True)
+        results.setdefault((variant, c), []).append(r)
+    for (variant, _c), rs in sorted(results.items(), key=lambda kv: (kv[0][0] != "naive", kv[0][1])):
+        r = dict(rs[0])
+        r["time_s"] = statistics.median([t for x in rs for t in x["times"]])
+        r["peak_rss"] = max(x["peak_rss"] for x in rs)
+        r["extra"] = max(x["extra"] for x in rs)
+        rows.append(r)
+        if variant == "naive":
+            naive = r
     for r in rows:
         name = "naive" if r["variant"] == "naive" else f"fused c={r['chunk']}"
         tr = r["time_s"] / naive["time_s"] if naive else float("nan")
         pr = r["peak_rss"] / naive["peak_rss"] if naive else float("nan")
         er = r["extra"] / naive["extra"] if naive else float("nan")
         print(f"{name:<14}{r['time_s']:>9.2f}{r['peak_rss'] / gib:>10.3f}{r['extra'] / gib:>11.3f}{tr:>12.3f}"
-              f"{pr:>12.3f}{er:>13.3f}{r['loss']:>12.6f}")
+              f"{pr:>12.3f}{er:>13.3f}{r['loss']:>12.6f}", flush=True)
     print(f"# input bytes {rows[0]['input_bytes'] / gib:.3f} GiB, gradient bytes {rows[0]['grad_bytes'] / gib:.3f} GiB,"
           f" baseline RSS {rows[0]['baseline_rss'] / gib:.3f} GiB")
 

@@ -7,6 +7,8 @@ import inspect
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import losslab.losses as L
 from losslab import DataError, LosslabError
@@ -196,3 +198,20 @@ def test_bad_reduction(name):
     args, kw = _inputs(name)
     with pytest.raises(LosslabError, match="reduction"):
         call(name, L.get(name), args, kw, reduction="avg")
+
+
+NON_NEGATIVE = {
+    "cross_entropy": {}, "focal": {"gamma": 2.0}, "squentropy": {}, "poly1_cross_entropy": {"epsilon": -1.0},
+    "stablemax_cross_entropy": {}, "comp_sum": {"tau": 0.5}, "generalized_cross_entropy": {}, "softmax_mae": {},
+    "spherical_z_loss": {},
+}
+
+
+@settings(max_examples=20, deadline=None)
+@given(scale=st.floats(1e-3, 30.0), seed=st.integers(0, 10_000), name=st.sampled_from(sorted(NON_NEGATIVE)))
+def test_non_negative_losses_are_non_negative(scale, seed, name):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(5, 4, generator=g, dtype=torch.float64) * scale
+    y = torch.randint(0, 4, (5,), generator=g)
+    out = L.get(name)(x, y, reduction="none", **NON_NEGATIVE[name])
+    assert (out >= -1e-12).all()

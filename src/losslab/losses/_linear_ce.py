@@ -176,10 +176,11 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             else:
                 gh, gw, gb = ctx.grads
                 ctx.grads = None  # release the stored gradients as soon as they are handed out
+            # scale in place: these buffers belong to this function (no second V x H copy)
             s = grad_loss
-            gh = None if gh is None else gh * s.to(gh.dtype)
-            gw = None if gw is None else gw * s.to(gw.dtype)
-            gb = None if gb is None else gb * s.to(gb.dtype)
+            gh = None if gh is None else gh.mul_(s.to(gh.dtype))
+            gw = None if gw is None else gw.mul_(s.to(gw.dtype))
+            gb = None if gb is None else gb.mul_(s.to(gb.dtype))
         return (
             gh if cfg.need_hidden else None,
             None if gw is None else gw.to(ctx_dtype(ctx, 1)),
