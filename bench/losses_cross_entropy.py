@@ -39,6 +39,9 @@ def child(args: argparse.Namespace) -> None:
 
     import losslab.losses as L
 
+    if args.mem_limit_gib > 0:  # fail cleanly (MemoryError) instead of waking the OOM killer on a shared machine
+        lim = int(args.mem_limit_gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     n, h, v = args.tokens, args.hidden, args.vocab
@@ -76,9 +79,14 @@ def child(args: argparse.Namespace) -> None:
 def run_child(args: argparse.Namespace, variant: str, chunk: int) -> dict:
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--chunk", str(chunk),
            "--tokens", str(args.tokens), "--hidden", str(args.hidden), "--vocab", str(args.vocab),
-           "--repeats", str(args.repeats), "--threads", str(args.threads), "--z-loss", str(args.z_loss)]
+           "--repeats", str(args.repeats), "--threads", str(args.threads), "--z-loss", str(args.z_loss),
+           "--mem-limit-gib", str(args.mem_limit_gib)]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["?"]
+        print(f"# child {variant} c={chunk} FAILED (exit {out.returncode}): {tail[0][:300]}", flush=True)
+        return {}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -95,6 +103,8 @@ def main() -> None:
     p.add_argument("--bracket", action="store_true",
                    help="run the fused children before AND after the naive one (controls for load drift); the fused "
                         "time is then the median over both children's repeats, the peak the larger of the two")
+    p.add_argument("--mem-limit-gib", type=float, default=0.0,
+                   help="address-space limit per child (0 = none); a child over it fails instead of swapping/OOM")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", default="fused", help=argparse.SUPPRESS)
     p.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
@@ -119,6 +129,8 @@ def main() -> None:
     results: dict[tuple[str, int], list[dict]] = {}
     for variant, c in order:
         r = run_child(args, variant, c)
+        if not r:
+            continue
         print(f"# child {variant} c={c}: times {[round(t, 2) for t in r['times']]} peak {r['peak_rss'] / gib:.3f} GiB",
               flush=True)
         results.setdefault((variant, c), []).append(r)
@@ -137,6 +149,8 @@ def main() -> None:
         er = r["extra"] / naive["extra"] if naive else float("nan")
         print(f"{name:<14}{r['time_s']:>9.2f}{r['peak_rss'] / gib:>10.3f}{r['extra'] / gib:>11.3f}{tr:>12.3f}"
               f"{pr:>12.3f}{er:>13.3f}{r['loss']:>12.6f}", flush=True)
+    if not rows:
+        return
     print(f"# input bytes {rows[0]['input_bytes'] / gib:.3f} GiB, gradient bytes {rows[0]['grad_bytes'] / gib:.3f} GiB,"
           f" baseline RSS {rows[0]['baseline_rss'] / gib:.3f} GiB")
 
