@@ -105,6 +105,7 @@ def main() -> None:
                         "time is then the median over both children's repeats, the peak the larger of the two")
     p.add_argument("--mem-limit-gib", type=float, default=0.0,
                    help="address-space limit per child (0 = none); a child over it fails instead of swapping/OOM")
+    p.add_argument("--naive-not-before", default="", help="UTC HH:MM; wait until then before the naive child")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", default="fused", help=argparse.SUPPRESS)
     p.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
@@ -128,6 +129,10 @@ def main() -> None:
         order = [*fused, ("naive", 0), *fused]
     results: dict[tuple[str, int], list[dict]] = {}
     for variant, c in order:
+        if variant == "naive" and args.naive_not_before:
+            hh, mm = (int(v) for v in args.naive_not_before.split(":"))
+            while time.gmtime().tm_hour * 60 + time.gmtime().tm_min < hh * 60 + mm:
+                time.sleep(20)
         r = run_child(args, variant, c)
         if not r:
             continue
