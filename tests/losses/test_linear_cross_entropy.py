@@ -139,3 +139,15 @@ def test_bad_inputs():
     inf_w[0, 0] = float("inf")
     with pytest.raises(DataError, match="NaN/Inf"):
         L.linear_cross_entropy(hid, inf_w, t)
+
+
+def test_all_targets_ignored_gives_nan_loss_and_zero_gradients_like_torch():
+    hid, w, _, _ = _setup()
+    t = torch.full((hid.shape[0],), -100)
+    a, b = hid.clone().requires_grad_(True), hid.clone().requires_grad_(True)
+    fused = L.linear_cross_entropy(a, w, t, z_loss=1e-3)
+    naive = F.cross_entropy(F.linear(b, w), t)
+    assert torch.isnan(fused) and torch.isnan(naive)
+    fused.backward()
+    naive.backward()
+    assert torch.equal(a.grad, torch.zeros_like(a.grad)) and torch.equal(b.grad, torch.zeros_like(b.grad))

@@ -137,7 +137,10 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         n_valid = maskf.sum()
         if cfg.reduction == "mean":
             ce_den = (cw[target] * maskf).sum() if cw is not None else n_valid
-            ce_scale, z_scale = maskf / ce_den, maskf / n_valid
+            # all targets ignored: the loss is NaN (0/0) as in F.cross_entropy, the gradients are 0 as in torch
+            zero = torch.zeros_like(maskf)
+            ce_scale = torch.where(ce_den > 0, maskf / ce_den, zero)
+            z_scale = torch.where(n_valid > 0, maskf / n_valid, zero)
         else:
             ce_scale = z_scale = maskf
         want = cfg.reduction != "none" and (cfg.need_hidden or cfg.need_weight or cfg.need_bias)
@@ -152,9 +155,12 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             zval = z_rows
             ctx.grads = None
         else:
-            loss = (ce_rows * ce_scale).sum() + (z_rows * z_scale).sum() if cfg.reduction == "mean" else (
-                ce_rows.sum() + z_rows.sum())
-            zval = (z_rows * z_scale).sum() if cfg.reduction == "mean" else z_rows.sum()
+            if cfg.reduction == "mean":
+                zval = z_rows.sum() / n_valid
+                loss = ce_rows.sum() / ce_den + zval
+            else:
+                zval = z_rows.sum()
+                loss = ce_rows.sum() + zval
             ctx.grads = (gh, gw, gb)
         ctx.cfg = cfg
         ctx.dtypes = (hidden.dtype, weight.dtype, weight.dtype if bias is None else bias.dtype)
