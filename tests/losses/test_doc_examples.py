@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 MODULES = ["losslab.losses", "losslab.losses.classification", "losslab.losses.poly", "losslab.losses.spherical",
-           "losslab.losses.robust", "losslab.losses.llm", "losslab.losses.metric", "losslab.losses.stochastic"]
+           "losslab.losses.robust", "losslab.losses.llm", "losslab.losses.metric", "losslab.losses.stochastic",
+           "losslab.losses.modules"]
 
 
 @pytest.mark.parametrize("name", MODULES)

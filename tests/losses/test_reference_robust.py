@@ -147,3 +147,25 @@ def test_aldr_kl_default_lam_prev_is_lam0_and_bad_lam_prev():
         L.aldr_kl(x, y, lam_prev=-torch.ones(7, dtype=D))
     with pytest.raises(ConfigError, match="normalize"):
         L.ldr_kl(x, y, normalize="softmax")
+
+
+def test_aldr_kl_module_keeps_per_example_lambda_like_the_authors_buffer():
+    x, y = _data()
+    crit = L.ALDRKLLoss(num_examples=10, alpha=2.0, reduction="none")
+    idx = torch.tensor([0, 3, 5, 6, 7, 8, 9])
+    table = torch.ones(10, dtype=D)
+    onehot = F.one_hot(y, 5).to(D)
+    for visit in range(3):  # revisit the same examples: λ_prev comes from the previous visit
+        xv = x * (1 + 0.3 * visit)
+        ref, lam = _aldr_v1(xv, onehot, table[idx].unsqueeze(1), 1.0, 1.0, 2.0)
+        table[idx] = lam
+        torch.testing.assert_close(crit(xv, y, index=idx), ref)
+        torch.testing.assert_close(crit.lam_table, table)
+    state = crit.state_dict()
+    fresh = L.ALDRKLLoss(num_examples=10, alpha=2.0, reduction="none")
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh(x, y, index=idx), crit(x, y, index=idx))
+    with pytest.raises(ConfigError, match="num_examples"):
+        L.ALDRKLLoss()(x, y, index=idx)
+    with pytest.raises(DataError, match="index"):
+        crit(x, y, index=torch.tensor([0, 1, 2, 3, 4, 5, 10]))

@@ -11,9 +11,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from losslab._errors import ConfigError
+from losslab._errors import ConfigError, DataError
 from losslab.losses._catalogue import registry
 
 __all__ = [
@@ -156,8 +157,52 @@ class LDRKLLoss(_LossModule):
 
 
 class ALDRKLLoss(_LossModule):
-    __doc__ = _make_doc("ALDRKLLoss", "aldr_kl")
+    """Module form of :func:`losslab.losses.aldr_kl`, optionally keeping the per-example λ as the authors do.
+
+    ``ALDRKLLoss(**options)(input, target)`` equals ``aldr_kl(input, target, **options)``. With
+    ``num_examples=N`` the module holds a buffer ``lam_table`` (N,) initialised to ``lam0``; calling it with
+    ``index`` (the dataset indices of the rows) uses ``lam_table[index]`` as ``lam_prev`` and stores the new λ_i
+    there, like the ``Lambda[ids]`` buffer of the authors' ``ALDRLoss_V1``. The table is part of ``state_dict()``.
+
+    Example:
+        >>> import torch, losslab.losses as L
+        >>> crit = L.ALDRKLLoss(num_examples=4)
+        >>> loss = crit(torch.tensor([[1.0, -1.0]]), torch.tensor([0]), index=torch.tensor([2]))
+        >>> round(float(crit.lam_table[2]), 4), float(crit.lam_table[0])
+        (0.5271, 1.0)
+    """
+
     loss_name = "aldr_kl"
+
+    def __init__(self, num_examples: int | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        if num_examples is not None:
+            if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+                raise ConfigError(f"ALDRKLLoss: num_examples must be a positive int, got {num_examples!r}")
+            lam0 = float(self._plain.get("lam0", 1.0))
+            self.register_buffer("lam_table", torch.full((num_examples,), lam0, dtype=torch.float64))
+        else:
+            self.lam_table = None
+
+    def forward(self, *inputs: Tensor, index: Tensor | None = None) -> Any:
+        if index is None:
+            return super().forward(*inputs)
+        if self.lam_table is None:
+            raise ConfigError("ALDRKLLoss: index was given but the module keeps no λ table; "
+                              "construct it with num_examples=<dataset size>")
+        if not isinstance(index, Tensor) or index.dtype.is_floating_point or index.dim() != 1:
+            raise DataError("ALDRKLLoss: index must be a 1-D integer tensor of dataset indices, one per row")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.lam_table.shape[0]):
+            raise DataError(f"ALDRKLLoss: index values must lie in [0, {self.lam_table.shape[0] - 1}]")
+        options = dict(self._plain)
+        for key in self._buffers_names:
+            options[key] = getattr(self, key)
+        options["lam_prev"] = self.lam_table[index].to(inputs[0].dtype if inputs[0].dtype == torch.float64
+                                                       else torch.float32)
+        loss, lam = self._fn(*inputs, return_lambda=True, **options)
+        with torch.no_grad():
+            self.lam_table[index] = lam.to(self.lam_table.dtype)
+        return loss
 
 
 class NTLMSELoss(_LossModule):
