@@ -1,3 +1,127 @@
-"""losslab.losses (see the package docstring of losslab)."""
+"""losslab.losses: a catalogue of loss functions with one registry, a functional form and a module form.
 
-__all__: list[str] = []
+Functional form: ``losslab.losses.<name>(input, target, ..., reduction="mean")``; every loss computes per-element
+values and reduces them in one place (``_reduce.py``) with ``torch.nn.functional`` semantics for ``reduction``,
+``weight`` and ``ignore_index``. Module form: ``losslab.losses.<CamelName>Loss(**options)``. Registry:
+``registry``, ``names()``, ``get(name)``, ``info(name)``; ``losslab list losses`` prints it.
+
+Example:
+    >>> import torch, losslab.losses as L
+    >>> "cross_entropy" in L.names()
+    True
+    >>> L.info("cross_entropy").input_kind
+    'logits'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from losslab.losses._catalogue import LossInfo, registry
+from losslab.losses.classification import cross_entropy, focal, sigmoid_focal, softcap, squentropy
+from losslab.losses.llm import linear_cross_entropy, ntl_mse, ntl_wasserstein
+from losslab.losses.metric import decoupled_softmax, oko, sface
+from losslab.losses.modules import (
+    AdversarialCompSumLoss,
+    ALDRKLLoss,
+    CompSumLoss,
+    CrossEntropyLoss,
+    DecoupledSoftmaxLoss,
+    EnsLoss,
+    FocalLoss,
+    GeneralizedCrossEntropyLoss,
+    LDRKLLoss,
+    LinearCrossEntropyLoss,
+    NTLMSELoss,
+    NTLWassersteinLoss,
+    OKOLoss,
+    Poly1CrossEntropyLoss,
+    Poly1FocalLoss,
+    PolyCrossEntropyLoss,
+    SFaceLoss,
+    SigmoidFocalLoss,
+    SoftmaxMAELoss,
+    SphericalZLoss,
+    SquentropyLoss,
+    StableMaxCrossEntropyLoss,
+)
+from losslab.losses.poly import poly1_cross_entropy, poly1_focal, poly_cross_entropy
+from losslab.losses.robust import (
+    adversarial_comp_sum,
+    aldr_kl,
+    comp_sum,
+    generalized_cross_entropy,
+    ldr_kl,
+    softmax_mae,
+)
+from losslab.losses.spherical import spherical_z_loss, stablemax, stablemax_cross_entropy
+from losslab.losses.stochastic import ensloss
+
+__all__ = [
+    "ALDRKLLoss",
+    "AdversarialCompSumLoss",
+    "CompSumLoss",
+    "CrossEntropyLoss",
+    "DecoupledSoftmaxLoss",
+    "EnsLoss",
+    "FocalLoss",
+    "GeneralizedCrossEntropyLoss",
+    "LDRKLLoss",
+    "LinearCrossEntropyLoss",
+    "LossInfo",
+    "NTLMSELoss",
+    "NTLWassersteinLoss",
+    "OKOLoss",
+    "Poly1CrossEntropyLoss",
+    "Poly1FocalLoss",
+    "PolyCrossEntropyLoss",
+    "SFaceLoss",
+    "SigmoidFocalLoss",
+    "SoftmaxMAELoss",
+    "SphericalZLoss",
+    "SquentropyLoss",
+    "StableMaxCrossEntropyLoss",
+    "adversarial_comp_sum",
+    "aldr_kl",
+    "comp_sum",
+    "cross_entropy",
+    "decoupled_softmax",
+    "ensloss",
+    "focal",
+    "generalized_cross_entropy",
+    "get",
+    "info",
+    "ldr_kl",
+    "linear_cross_entropy",
+    "names",
+    "ntl_mse",
+    "ntl_wasserstein",
+    "oko",
+    "poly1_cross_entropy",
+    "poly1_focal",
+    "poly_cross_entropy",
+    "registry",
+    "sface",
+    "sigmoid_focal",
+    "softcap",
+    "softmax_mae",
+    "spherical_z_loss",
+    "squentropy",
+    "stablemax",
+    "stablemax_cross_entropy",
+]
+
+
+def names() -> list[str]:
+    """Sorted names of the registered losses."""
+    return registry.names()
+
+
+def get(name: str) -> Any:
+    """The functional loss registered as ``name`` (aliases and '-' accepted; unknown names get suggestions)."""
+    return registry.get(name)
+
+
+def info(name: str) -> LossInfo:
+    """The :class:`LossInfo` record of ``name``: summary, reference, input kind, dtypes, module class name."""
+    return registry.info(name)

@@ -1,0 +1,140 @@
+"""Boundary checks shared by every loss: shapes, dtypes, class ranges, finiteness and hyperparameters.
+
+Every check raises :class:`losslab.DataError` (bad tensors) or :class:`losslab.ConfigError` (bad options) with a
+message that says what is wrong, why it matters and how to fix it. Nothing here modifies its arguments.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from losslab._errors import ConfigError, DataError
+
+FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """float64 stays float64; every other float dtype is computed in float32 (half inputs are upcast)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def check_float(name: str, x: object, loss: str, min_dim: int = 1) -> Tensor:
+    """``x`` must be a finite floating tensor with at least ``min_dim`` dimensions."""
+    if not isinstance(x, Tensor):
+        raise DataError(f"{loss}: {name} must be a torch.Tensor, got {type(x).__name__}; convert it with torch.as_tensor")
+    if x.dtype not in FLOAT_DTYPES:
+        raise DataError(
+            f"{loss}: {name} must be a floating tensor (float64/float32/bfloat16/float16), got {x.dtype}; "
+            f"cast it with .float()"
+        )
+    if x.dim() < min_dim:
+        raise DataError(f"{loss}: {name} must have at least {min_dim} dimension(s), got shape {tuple(x.shape)}")
+    check_finite(name, x, loss)
+    return x
+
+
+def check_finite(name: str, x: Tensor, loss: str) -> None:
+    """Raise DataError when ``x`` holds NaN or Inf (they would silently poison the loss and every gradient)."""
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise DataError(
+            f"{loss}: {name} contains {bad} NaN/Inf value(s); a non-finite {name} makes the loss and its gradient "
+            f"NaN. Find where they appear upstream (e.g. an overflowing activation) or drop those rows"
+        )
+
+
+def check_reduction(reduction: object, loss: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ConfigError(f"{loss}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return str(reduction)
+
+
+def check_class_target(target: object, n_rows: int, n_classes: int, ignore_index: int | None, loss: str,
+                       name: str = "target") -> Tensor:
+    """Integer class indices of shape (N,) in [0, C) (or equal to ``ignore_index``)."""
+    if not isinstance(target, Tensor):
+        raise DataError(f"{loss}: {name} must be a torch.Tensor of class indices, got {type(target).__name__}")
+    if target.dtype.is_floating_point or target.dtype == torch.bool or target.is_complex():
+        raise DataError(
+            f"{loss}: {name} must hold integer class indices (torch.long), got {target.dtype}; for soft/probability "
+            f"targets use a loss that accepts them, otherwise convert with .long()"
+        )
+    if target.dim() != 1 or target.shape[0] != n_rows:
+        raise DataError(
+            f"{loss}: {name} has shape {tuple(target.shape)} but the input has {n_rows} row(s); "
+            f"pass one class index per row of the input"
+        )
+    valid = target if ignore_index is None else target[target != ignore_index]
+    if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= n_classes):
+        lo, hi = int(valid.min()), int(valid.max())
+        ign = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+        raise DataError(
+            f"{loss}: {name} holds class indices in [{lo}, {hi}] but the input has {n_classes} classes; "
+            f"every index must lie in [0, {n_classes - 1}]{ign}. Check the label mapping or the size of the output layer"
+        )
+    return target
+
+
+def flatten_logits(input: Tensor, target: object, loss: str) -> tuple[Tensor, object, tuple[int, ...]]:
+    """Accept (N, C), (C,) with scalar target, or (N, C, d1, ...) with target (N, d1, ...) like F.cross_entropy.
+
+    Returns logits of shape (M, C), the target flattened to (M,) and the shape that ``reduction="none"`` restores.
+    """
+    if input.dim() == 1:
+        if isinstance(target, Tensor) and target.dim() == 0:
+            return input.unsqueeze(0), target.reshape(1), ()
+        raise DataError(f"{loss}: a 1-D input (C,) needs a 0-D target, got target shape "
+                        f"{tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__}")
+    if input.dim() == 2:
+        return input, target, (input.shape[0],)
+    if not isinstance(target, Tensor) or tuple(target.shape) != (input.shape[0], *input.shape[2:]):
+        shape = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+        raise DataError(
+            f"{loss}: input of shape {tuple(input.shape)} (N, C, d1, ...) needs a target of shape "
+            f"{(input.shape[0], *input.shape[2:])}, got {shape}"
+        )
+    c = input.shape[1]
+    flat = input.movedim(1, -1).reshape(-1, c)
+    return flat, target.reshape(-1), tuple(target.shape)
+
+
+def check_class_weight(weight: object, n_classes: int, loss: str) -> Tensor | None:
+    if weight is None:
+        return None
+    if not isinstance(weight, Tensor) or not weight.dtype.is_floating_point:
+        raise DataError(f"{loss}: weight must be a floating tensor of shape ({n_classes},) or None")
+    if weight.shape != (n_classes,):
+        raise DataError(
+            f"{loss}: weight has shape {tuple(weight.shape)} but there are {n_classes} classes; "
+            f"pass one weight per class"
+        )
+    check_finite("weight", weight, loss)
+    if bool((weight < 0).any()):
+        raise DataError(f"{loss}: class weights must be non-negative; a negative weight turns the loss into a reward")
+    return weight
+
+
+def check_same_shape(a_name: str, a: Tensor, b_name: str, b: object, loss: str) -> None:
+    if not isinstance(b, Tensor) or b.shape != a.shape:
+        shape = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+        raise DataError(f"{loss}: {b_name} must have the same shape as {a_name} {tuple(a.shape)}, got {shape}")
+
+
+def check_number(name: str, value: object, loss: str, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """A finite real number in the given (open or closed) interval."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise ConfigError(f"{loss}: {name} must be a finite number, got {value!r}")
+    v = float(value)
+    bad_low = low is not None and (v <= low if low_open else v < low)
+    bad_high = high is not None and (v >= high if high_open else v > high)
+    if bad_low or bad_high:
+        lb = "-inf" if low is None else f"{low}"
+        hb = "inf" if high is None else f"{high}"
+        interval = f"{'(' if low_open or low is None else '['}{lb}, {hb}{')' if high_open or high is None else ']'}"
+        raise ConfigError(f"{loss}: {name}={value!r} is out of range; it must lie in {interval}")
+    return v

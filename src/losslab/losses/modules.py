@@ -1,0 +1,235 @@
+"""``nn.Module`` forms of the functional losses, one thin class per registry entry.
+
+Each class stores the keyword options of its function (validated by calling signature binding at construction) and
+forwards the positional inputs: ``CrossEntropyLoss(z_loss=1e-4)(logits, target)`` equals
+``cross_entropy(logits, target, z_loss=1e-4)``. Tensor options (class weights, token maps) are registered as
+buffers so that ``.to(device)`` moves them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from losslab._errors import ConfigError, DataError
+from losslab.losses._catalogue import registry
+
+__all__ = [
+    "ALDRKLLoss",
+    "AdversarialCompSumLoss",
+    "CompSumLoss",
+    "CrossEntropyLoss",
+    "DecoupledSoftmaxLoss",
+    "EnsLoss",
+    "FocalLoss",
+    "GeneralizedCrossEntropyLoss",
+    "LDRKLLoss",
+    "LinearCrossEntropyLoss",
+    "NTLMSELoss",
+    "NTLWassersteinLoss",
+    "OKOLoss",
+    "Poly1CrossEntropyLoss",
+    "Poly1FocalLoss",
+    "PolyCrossEntropyLoss",
+    "SFaceLoss",
+    "SigmoidFocalLoss",
+    "SoftmaxMAELoss",
+    "SphericalZLoss",
+    "SquentropyLoss",
+    "StableMaxCrossEntropyLoss",
+]
+
+
+class _LossModule(nn.Module):
+    """Base: holds the keyword options of the registered function ``loss_name``."""
+
+    loss_name = ""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__()
+        fn = registry.get(self.loss_name)
+        params = inspect.signature(fn).parameters
+        allowed = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ConfigError(f"{type(self).__name__}: unknown option(s) {unknown}; accepted: {allowed}")
+        self._fn = fn
+        self._plain: dict[str, Any] = {}
+        self._buffers_names: list[str] = []
+        for key, value in options.items():
+            if isinstance(value, Tensor):
+                self.register_buffer(key, value)
+                self._buffers_names.append(key)
+            else:
+                self._plain[key] = value
+
+    def forward(self, *inputs: Tensor) -> Any:
+        options = dict(self._plain)
+        for key in self._buffers_names:
+            options[key] = getattr(self, key)
+        return self._fn(*inputs, **options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self._plain.items())
+
+
+def _make_doc(cls_name: str, loss: str) -> str:
+    return (f"Module form of :func:`losslab.losses.{loss}`: ``{cls_name}(**options)(*inputs)`` equals "
+            f"``{loss}(*inputs, **options)``; tensor options become buffers.")
+
+
+class CrossEntropyLoss(_LossModule):
+    __doc__ = _make_doc("CrossEntropyLoss", "cross_entropy")
+    loss_name = "cross_entropy"
+
+
+class LinearCrossEntropyLoss(_LossModule):
+    __doc__ = _make_doc("LinearCrossEntropyLoss", "linear_cross_entropy")
+    loss_name = "linear_cross_entropy"
+
+
+class FocalLoss(_LossModule):
+    __doc__ = _make_doc("FocalLoss", "focal")
+    loss_name = "focal"
+
+
+class SigmoidFocalLoss(_LossModule):
+    __doc__ = _make_doc("SigmoidFocalLoss", "sigmoid_focal")
+    loss_name = "sigmoid_focal"
+
+
+class SquentropyLoss(_LossModule):
+    __doc__ = _make_doc("SquentropyLoss", "squentropy")
+    loss_name = "squentropy"
+
+
+class Poly1CrossEntropyLoss(_LossModule):
+    __doc__ = _make_doc("Poly1CrossEntropyLoss", "poly1_cross_entropy")
+    loss_name = "poly1_cross_entropy"
+
+
+class PolyCrossEntropyLoss(_LossModule):
+    __doc__ = _make_doc("PolyCrossEntropyLoss", "poly_cross_entropy")
+    loss_name = "poly_cross_entropy"
+
+
+class Poly1FocalLoss(_LossModule):
+    __doc__ = _make_doc("Poly1FocalLoss", "poly1_focal")
+    loss_name = "poly1_focal"
+
+
+class SphericalZLoss(_LossModule):
+    __doc__ = _make_doc("SphericalZLoss", "spherical_z_loss")
+    loss_name = "spherical_z_loss"
+
+
+class StableMaxCrossEntropyLoss(_LossModule):
+    __doc__ = _make_doc("StableMaxCrossEntropyLoss", "stablemax_cross_entropy")
+    loss_name = "stablemax_cross_entropy"
+
+
+class CompSumLoss(_LossModule):
+    __doc__ = _make_doc("CompSumLoss", "comp_sum")
+    loss_name = "comp_sum"
+
+
+class GeneralizedCrossEntropyLoss(_LossModule):
+    __doc__ = _make_doc("GeneralizedCrossEntropyLoss", "generalized_cross_entropy")
+    loss_name = "generalized_cross_entropy"
+
+
+class SoftmaxMAELoss(_LossModule):
+    __doc__ = _make_doc("SoftmaxMAELoss", "softmax_mae")
+    loss_name = "softmax_mae"
+
+
+class AdversarialCompSumLoss(_LossModule):
+    __doc__ = _make_doc("AdversarialCompSumLoss", "adversarial_comp_sum")
+    loss_name = "adversarial_comp_sum"
+
+
+class LDRKLLoss(_LossModule):
+    __doc__ = _make_doc("LDRKLLoss", "ldr_kl")
+    loss_name = "ldr_kl"
+
+
+class ALDRKLLoss(_LossModule):
+    """Module form of :func:`losslab.losses.aldr_kl`, optionally keeping the per-example λ as the authors do.
+
+    ``ALDRKLLoss(**options)(input, target)`` equals ``aldr_kl(input, target, **options)``. With
+    ``num_examples=N`` the module holds a buffer ``lam_table`` (N,) initialised to ``lam0``; calling it with
+    ``index`` (the dataset indices of the rows) uses ``lam_table[index]`` as ``lam_prev`` and stores the new λ_i
+    there, like the ``Lambda[ids]`` buffer of the authors' ``ALDRLoss_V1``. The table is part of ``state_dict()``.
+
+    Example:
+        >>> import torch, losslab.losses as L
+        >>> crit = L.ALDRKLLoss(num_examples=4)
+        >>> loss = crit(torch.tensor([[1.0, -1.0]]), torch.tensor([0]), index=torch.tensor([2]))
+        >>> round(float(crit.lam_table[2]), 4), float(crit.lam_table[0])
+        (0.5271, 1.0)
+    """
+
+    loss_name = "aldr_kl"
+
+    def __init__(self, num_examples: int | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        if num_examples is not None:
+            if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+                raise ConfigError(f"ALDRKLLoss: num_examples must be a positive int, got {num_examples!r}")
+            lam0 = float(self._plain.get("lam0", 1.0))
+            self.register_buffer("lam_table", torch.full((num_examples,), lam0, dtype=torch.float64))
+        else:
+            self.lam_table = None
+
+    def forward(self, *inputs: Tensor, index: Tensor | None = None) -> Any:
+        if index is None:
+            return super().forward(*inputs)
+        if self.lam_table is None:
+            raise ConfigError("ALDRKLLoss: index was given but the module keeps no λ table; "
+                              "construct it with num_examples=<dataset size>")
+        if not isinstance(index, Tensor) or index.dtype.is_floating_point or index.dim() != 1:
+            raise DataError("ALDRKLLoss: index must be a 1-D integer tensor of dataset indices, one per row")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.lam_table.shape[0]):
+            raise DataError(f"ALDRKLLoss: index values must lie in [0, {self.lam_table.shape[0] - 1}]")
+        options = dict(self._plain)
+        for key in self._buffers_names:
+            options[key] = getattr(self, key)
+        options["lam_prev"] = self.lam_table[index].to(inputs[0].dtype if inputs[0].dtype == torch.float64
+                                                       else torch.float32)
+        loss, lam = self._fn(*inputs, return_lambda=True, **options)
+        with torch.no_grad():
+            self.lam_table[index] = lam.to(self.lam_table.dtype)
+        return loss
+
+
+class NTLMSELoss(_LossModule):
+    __doc__ = _make_doc("NTLMSELoss", "ntl_mse")
+    loss_name = "ntl_mse"
+
+
+class NTLWassersteinLoss(_LossModule):
+    __doc__ = _make_doc("NTLWassersteinLoss", "ntl_wasserstein")
+    loss_name = "ntl_wasserstein"
+
+
+class OKOLoss(_LossModule):
+    __doc__ = _make_doc("OKOLoss", "oko")
+    loss_name = "oko"
+
+
+class SFaceLoss(_LossModule):
+    __doc__ = _make_doc("SFaceLoss", "sface")
+    loss_name = "sface"
+
+
+class DecoupledSoftmaxLoss(_LossModule):
+    __doc__ = _make_doc("DecoupledSoftmaxLoss", "decoupled_softmax")
+    loss_name = "decoupled_softmax"
+
+
+class EnsLoss(_LossModule):
+    __doc__ = _make_doc("EnsLoss", "ensloss")
+    loss_name = "ensloss"

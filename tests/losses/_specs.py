@@ -1,0 +1,143 @@
+"""Spec table: how to build valid inputs for every registered loss and which common checks apply.
+
+``make(dtype, gen)`` returns (args, kwargs); ``grad_args`` are the positions of differentiable inputs; ``logit_arg``
+is the position scaled to ±1e4 in the extreme-logit check (None: not applicable). Every registry entry must have a
+spec (tests/losses/test_common.py fails otherwise), so adding a loss without tests is impossible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+Args = tuple[list[Any], dict[str, Any]]
+
+
+@dataclass
+class Spec:
+    make: Callable[[torch.dtype, torch.Generator], Args]
+    grad_args: tuple[int, ...] = (0,)
+    logit_arg: int | None = 0
+    class_target_arg: int | None = 1  # position of an integer class target (for out-of-range / dtype checks)
+    n_classes: int = 5
+    plain_mean: bool = True  # reduction="mean" == reduction="none".mean()
+    half_tol: float = 2e-2
+    stochastic: bool = False  # needs a fresh generator per call (ensloss)
+    extra_bad: list[tuple[str, Callable[[list[Any], dict[str, Any]], None], type, str]] = field(default_factory=list)
+
+
+N, C = 6, 5
+
+
+def _logits(dtype, gen, n=N, c=C):
+    return (torch.randn(n, c, generator=gen, dtype=torch.float64) * 2).to(dtype)
+
+
+def _cls(gen, n=N, c=C):
+    return torch.randint(0, c, (n,), generator=gen)
+
+
+def _cls_spec(**kw: Any) -> Spec:
+    def make(dtype, gen):
+        return [_logits(dtype, gen), _cls(gen)], dict(kw)
+
+    return Spec(make=make)
+
+
+def _binary(dtype, gen):
+    x = _logits(dtype, gen)
+    t = (torch.rand(N, C, generator=gen) > 0.5).to(dtype)
+    return [x, t], {}
+
+
+def _adv(dtype, gen):
+    x = _logits(dtype, gen)
+    xa = x + 0.3 * _logits(dtype, gen)
+    return [x, xa, _cls(gen)], {"tau": 1.5, "nu": 0.7}
+
+
+def _linear(dtype, gen):
+    h = torch.randn(N, 4, generator=gen, dtype=torch.float64).to(dtype)
+    w = torch.randn(C, 4, generator=gen, dtype=torch.float64).to(dtype)
+    t = _cls(gen)
+    t[2] = -100
+    return [h, w, t], {"z_loss": 1e-2, "label_smoothing": 0.1, "chunk_size": 4}
+
+
+NUM_TOKENS = torch.tensor([1, 2, 4])
+NUM_VALUES = torch.tensor([0.0, 1.0, 3.0])
+
+
+def _ntl(dtype, gen):
+    x = _logits(dtype, gen)
+    t = torch.tensor([1, 2, 0, 4, -100, 2])
+    return [x, t], {"number_tokens": NUM_TOKENS, "number_values": NUM_VALUES.to(dtype)}
+
+
+def _oko(dtype, gen):
+    x = (torch.randn(4, 4, C, generator=gen, dtype=torch.float64)).to(dtype)
+    t = torch.tensor([0, 1, 2, 3])
+    odd = torch.tensor([[1, 2], [0, 3], [4, 4], [1, 0]])
+    return [x, t], {"odd_target": odd}
+
+
+def _sface(dtype, gen):
+    x = torch.randn(N, 3, generator=gen, dtype=torch.float64).to(dtype)
+    w = torch.randn(C, 3, generator=gen, dtype=torch.float64).to(dtype)
+    return [x, w, _cls(gen)], {"s": 8.0, "k": 5.0}
+
+
+def _dec(dtype, gen):
+    x = _logits(dtype, gen)
+    t = (torch.rand(N, C, generator=gen) > 0.6).long()
+    t[0] = torch.tensor([1, 0, 0, 0, 0])
+    t[1] = 0
+    return [x, t], {"temperature": 0.5}
+
+
+def _ens(dtype, gen):
+    x = (torch.randn(8, generator=gen, dtype=torch.float64) * 2).to(dtype)
+    y = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0])
+    return [x, y], {}
+
+
+SPECS: dict[str, Spec] = {
+    "cross_entropy": _cls_spec(z_loss=1e-3, label_smoothing=0.1, logit_softcap=30.0),
+    "focal": _cls_spec(gamma=2.0),
+    "sigmoid_focal": Spec(make=_binary, class_target_arg=None),
+    "squentropy": _cls_spec(),
+    "poly1_cross_entropy": _cls_spec(epsilon=2.0),
+    "poly_cross_entropy": _cls_spec(epsilons=(1.0, 0.5, -0.2)),
+    "poly1_focal": Spec(make=_binary, class_target_arg=None),
+    "spherical_z_loss": _cls_spec(a=2.0, b=0.5),
+    "stablemax_cross_entropy": _cls_spec(),
+    "comp_sum": _cls_spec(tau=1.5),
+    "generalized_cross_entropy": _cls_spec(q=0.7),
+    "softmax_mae": _cls_spec(),
+    "adversarial_comp_sum": Spec(make=_adv, grad_args=(0, 1), class_target_arg=2),
+    "ldr_kl": _cls_spec(lam=0.7, margin=1.0),
+    "aldr_kl": _cls_spec(alpha=2.0),
+    "linear_cross_entropy": Spec(make=_linear, grad_args=(0, 1), logit_arg=None, class_target_arg=2, half_tol=5e-2,
+                                 plain_mean=False),
+    "ntl_mse": Spec(make=_ntl, plain_mean=False),
+    "ntl_wasserstein": Spec(make=_ntl, plain_mean=False),
+    "oko": Spec(make=_oko),
+    "sface": Spec(make=_sface, grad_args=(0, 1), logit_arg=None, class_target_arg=2, half_tol=0.5),
+    "decoupled_softmax": Spec(make=_dec, class_target_arg=None, plain_mean=False),
+    "ensloss": Spec(make=_ens, class_target_arg=None, stochastic=True, half_tol=0.1),
+}
+
+
+def call(name: str, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], **extra: Any) -> Any:
+    """Call ``fn``; stochastic losses get a fresh generator with a fixed seed on every call."""
+    kw = dict(kwargs, **extra)
+    if SPECS[name].stochastic:
+        kw["generator"] = torch.Generator().manual_seed(1234)
+    return fn(*args, **kw)
+
+# losses whose gradient deliberately differs from the derivative of their value (stop-gradient terms by design);
+# their gradients are checked against the authors' rule in tests/losses/test_reference.py instead of gradcheck
+DETACHED_BY_DESIGN = {"aldr_kl", "ensloss", "sface"}

@@ -1,0 +1,20 @@
+"""The examples in the docstrings run and print what they claim (they are hand-computed tiny cases)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["losslab.losses", "losslab.losses.classification", "losslab.losses.poly", "losslab.losses.spherical",
+           "losslab.losses.robust", "losslab.losses.llm", "losslab.losses.metric", "losslab.losses.stochastic",
+           "losslab.losses.modules"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+    assert result.attempted > 0
