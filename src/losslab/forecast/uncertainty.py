@@ -9,7 +9,7 @@ Method (a linearised parameter ensemble plus a model-error term, both in log spa
    prediction at a step is ``g^T Sigma g`` (delta method).
 2. Model error. A held-out schedule is mispredicted by more than the in-sample residuals (the law is not exact).
    The fit is repeated (from the best grid start) on the first ``1 - holdout`` and on the first half of each
-   curve, scored on the held-out tails (extrapolation in time), and, with two curves or more, once without each
+   curve, scored on the held-out tails (extrapolation in time), and, with three curves or more, once without each
    curve, scored on that curve (transfer to another schedule). The largest of the in-sample, tail
    (``1 - holdout`` split) and left-out-curve root-mean-square log errors is the in-range scale ``m0``. The
    parameter covariance is rescaled by ``(m0 / s)^2`` as well.
