@@ -4,7 +4,7 @@ The recipe (Chinchilla Approach 3, as replicated by Besiroglu et al. 2024, arXiv
 ``sum_i Huber_delta(log L_i - log Lhat_i)`` (``delta = 1e-3``) over every point of every curve with shared
 parameters, inside bounds, from a grid of starting points; report parameters stuck at a bound and failed starts.
 ``law="auto"`` scores every registered law on held-out data (with three curves or more: each curve predicted from
-a fit on the others; with one curve: its held-out tail predicted from its head), picks the simplest law within
+a fit on the others; with one or two curves: the held-out tails predicted from the heads), picks the simplest law within
 5 % of the best held-out error and refits it on all data.
 """
 
