@@ -18,7 +18,7 @@ from losslab.optim._atoms import (
     check_number,
     params_with_grad,
 )
-from losslab.optim._base import Optimizer
+from losslab.optim._base import Optimizer, closure_loss
 
 __all__ = ["SGDP", "AdamP"]
 
@@ -150,7 +150,7 @@ class AdamP(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One AdamP step; returns the closure's loss or None."""
-        loss = self._closure_loss(closure)
+        loss = closure_loss(closure)
         for group in self.param_groups:
             params = params_with_grad(group)
             for p in params:
@@ -278,7 +278,7 @@ class SGDP(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One SGDP step; returns the closure's loss or None."""
-        loss = self._closure_loss(closure)
+        loss = closure_loss(closure)
         for group in self.param_groups:
             momentum, lr = group["momentum"], group["lr"]
             for p in params_with_grad(group):

@@ -16,7 +16,7 @@ from losslab.optim._atoms import (
     check_number,
     params_with_grad,
 )
-from losslab.optim._base import Optimizer
+from losslab.optim._base import Optimizer, closure_loss
 
 __all__ = ["DiffGrad"]
 
@@ -81,7 +81,7 @@ class DiffGrad(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One diffGrad step; returns the closure's loss or None."""
-        loss = self._closure_loss(closure)
+        loss = closure_loss(closure)
         for group in self.param_groups:
             params = params_with_grad(group)
             fast, rest = self._split_fused(params)

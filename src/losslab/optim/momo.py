@@ -10,7 +10,7 @@ import torch
 
 from losslab._errors import ConfigError, DataError
 from losslab.optim._atoms import check_betas, check_bool, check_number, params_with_grad
-from losslab.optim._base import Optimizer
+from losslab.optim._base import Optimizer, closure_loss
 
 __all__ = ["MoMo", "MoMoAdam"]
 
@@ -54,7 +54,7 @@ class _MomoBase(Optimizer):
             raise ConfigError(f"{owner}.step needs exactly one of closure=... or loss=... (the loss value is part of "
                               "the update rule); call opt.step(loss=loss) after loss.backward()")
         if closure is not None:
-            loss = self._closure_loss(closure)
+            loss = closure_loss(closure)
         value = loss.detach() if isinstance(loss, torch.Tensor) else torch.as_tensor(loss, dtype=torch.float64)
         if value.numel() != 1:
             raise DataError(f"{owner}.step: the loss must be a scalar, got a tensor of shape {tuple(value.shape)}")

@@ -9,7 +9,7 @@ import torch
 
 from losslab._errors import ConfigError
 from losslab.optim._atoms import check_betas, check_bool, check_number, params_with_grad
-from losslab.optim._base import Optimizer
+from losslab.optim._base import Optimizer, closure_loss
 
 __all__ = ["SCALE", "scale_param_groups"]
 
@@ -96,7 +96,7 @@ class SCALE(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One SCALE step; returns the closure's loss or None."""
-        loss = self._closure_loss(closure)
+        loss = closure_loss(closure)
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
             params = [p for p in params_with_grad(group) if p.numel() > 0]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from losslab.optim._atoms import check_number, params_with_grad
-from losslab.optim._base import Optimizer
+from losslab.optim._base import Optimizer, closure_loss
 
 __all__ = ["SGDSaI"]
 
@@ -72,7 +72,7 @@ class SGDSaI(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One SGD-SaI step; returns the closure's loss or None."""
-        loss = self._closure_loss(closure)
+        loss = closure_loss(closure)
         for group in self.param_groups:
             momentum, lr, wd = group["momentum"], group["lr"], group["weight_decay"]
             for p in params_with_grad(group):

@@ -18,7 +18,7 @@ from losslab.optim._atoms import (
     merged_group,
     params_with_grad,
 )
-from losslab.optim._base import Optimizer
+from losslab.optim._base import Optimizer, closure_loss
 
 __all__ = ["SPAM"]
 
@@ -195,7 +195,7 @@ class SPAM(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One SPAM step (see the class docstring); returns the closure's loss or None."""
-        loss = self._closure_loss(closure)
+        loss = closure_loss(closure)
         t1 = self._total_step + 1
         interval = self.reset_interval
         scale = spam_warmup_scale(self._current_step, self.warmup_steps)
