@@ -235,33 +235,30 @@ class SPAM(Optimizer):
             step_size *= math.sqrt(1.0 - beta2**k) / (1.0 - beta1**k)
         return step_size
 
-    def _step_reference(self, group: dict[str, Any], p: torch.Tensor, scale: float, reset: bool, clip: bool) -> None:
+    def _direction(self, group: dict[str, Any], p: torch.Tensor, grad: torch.Tensor, reset: bool,
+                   clip: bool) -> torch.Tensor:
+        """Update the moments of ``p`` with ``grad`` (clipped where it spikes) and return ``m / (sqrt(v) + eps)``."""
         beta1, beta2 = group["betas"]
-        grad = p.grad
-        assert grad is not None
         exp_avg, exp_avg_sq = self._moments(p, grad, reset)
         if clip:
             grad = spam_clip(grad, exp_avg_sq, self.threshold)
         exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        denom = exp_avg_sq.sqrt().add_(group["eps"])
-        p.add_(exp_avg / denom, alpha=-self._step_size(group, self.state[p]["step"]) * scale)
+        return exp_avg / exp_avg_sq.sqrt().add_(group["eps"])
+
+    def _step_reference(self, group: dict[str, Any], p: torch.Tensor, scale: float, reset: bool, clip: bool) -> None:
+        assert p.grad is not None
+        direction = self._direction(group, p, p.grad, reset, clip)
+        p.add_(direction, alpha=-self._step_size(group, self.state[p]["step"]) * scale)
         if group["weight_decay"] > 0:
             p.add_(p, alpha=-group["lr"] * group["weight_decay"])
 
     def _step_masked(self, group: dict[str, Any], p: torch.Tensor, scale: float, reset: bool, clip: bool) -> None:
-        beta1, beta2 = group["betas"]
         assert p.grad is not None
         mask = self.state[p]["mask"]
-        grad = p.grad[mask]
-        exp_avg, exp_avg_sq = self._moments(p, grad, reset)
-        if clip:
-            grad = spam_clip(grad, exp_avg_sq, self.threshold)
-        exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        denom = exp_avg_sq.sqrt().add_(group["eps"])
+        direction = self._direction(group, p, p.grad[mask], reset, clip)
         full = torch.zeros_like(p)
-        full[mask] = exp_avg / denom
+        full[mask] = direction
         full.mul_(scale)
         p.add_(full, alpha=-self._step_size(group, self.state[p]["step"]))
         if group["weight_decay"] > 0:
