@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from losslab.optim._atoms import (
     Scratch,
     adam_direction_fused,
-    check_betas,
+    check_adam_group,
     check_bool,
     check_fused,
     check_number,
@@ -139,10 +139,7 @@ class AdamP(Optimizer):
 
     def _check_group(self, group: dict[str, Any]) -> None:
         owner = type(self).__name__
-        check_number(owner, "lr", group["lr"], low=0.0)
-        check_betas(owner, group["betas"])
-        check_number(owner, "eps", group["eps"], low=0.0)
-        check_number(owner, "weight_decay", group["weight_decay"], low=0.0)
+        check_adam_group(owner, group)
         check_number(owner, "delta", group["delta"], low=0.0)
         check_number(owner, "wd_ratio", group["wd_ratio"], low=0.0)
         check_bool(owner, "nesterov", group["nesterov"])

@@ -11,9 +11,8 @@ import torch
 from losslab.optim._atoms import (
     Scratch,
     adam_direction_fused,
-    check_betas,
+    check_adam_group,
     check_fused,
-    check_number,
     params_with_grad,
 )
 from losslab.optim._base import Optimizer, closure_loss
@@ -72,11 +71,7 @@ class DiffGrad(Optimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        owner = type(self).__name__
-        check_number(owner, "lr", group["lr"], low=0.0)
-        check_betas(owner, group["betas"])
-        check_number(owner, "eps", group["eps"], low=0.0)
-        check_number(owner, "weight_decay", group["weight_decay"], low=0.0)
+        check_adam_group(type(self).__name__, group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]

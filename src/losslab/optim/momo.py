@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from losslab._errors import ConfigError, DataError
-from losslab.optim._atoms import check_betas, check_bool, check_number, params_with_grad
+from losslab.optim._atoms import check_adam_group, check_bool, check_number, params_with_grad
 from losslab.optim._base import Optimizer, closure_loss
 
 __all__ = ["MoMo", "MoMoAdam"]
@@ -254,11 +254,7 @@ class MoMoAdam(_MomoBase):
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        owner = type(self).__name__
-        check_number(owner, "lr", group["lr"], low=0.0)
-        check_betas(owner, group["betas"])
-        check_number(owner, "eps", group["eps"], low=0.0)
-        check_number(owner, "weight_decay", group["weight_decay"], low=0.0)
+        check_adam_group(type(self).__name__, group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, loss: Any = None) -> Any:  # type: ignore[override]

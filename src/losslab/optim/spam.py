@@ -10,7 +10,7 @@ import torch
 
 from losslab._errors import ConfigError
 from losslab.optim._atoms import (
-    check_betas,
+    check_adam_group,
     check_bool,
     check_fused,
     check_int,
@@ -139,10 +139,7 @@ class SPAM(Optimizer):
     # ----------------------------------------------------------------------------------------- validation
     def _check_group(self, group: dict[str, Any]) -> None:
         owner = type(self).__name__
-        check_number(owner, "lr", group["lr"], low=0.0)
-        check_betas(owner, group["betas"])
-        check_number(owner, "eps", group["eps"], low=0.0)
-        check_number(owner, "weight_decay", group["weight_decay"], low=0.0)
+        check_adam_group(owner, group)
         check_bool(owner, "correct_bias", group["correct_bias"])
         if "density" in group:
             check_number(owner, "density", group["density"], low=0.0, high=1.0, low_open=True,
