@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -428,13 +428,12 @@ class TrainingMonitor(MonitorMeasure):
         sinks_rank0 = dist_info(self.process_group)[0] == 0
         full = {c: row.get(c) for c in self._columns}
         if sinks_rank0:
-            for i, sink in enumerate(self.sinks):
-                try:
-                    sink.write(step, full, [e.to_dict() for e in events])
-                    if step % self.flush_every == 0:
-                        sink.flush()
-                except Exception as exc:
-                    self._problem(f"sink {i} ({type(sink).__name__})", exc)
+            def write(sink: MonitorSink) -> None:
+                sink.write(step, full, [e.to_dict() for e in events])
+                if step % self.flush_every == 0:
+                    sink.flush()
+
+            self._on_sinks(write)
         events.extend(self._drain_errors(step))
         if self.keep_history:
             self._history["step"].append(step)
@@ -471,12 +470,16 @@ class TrainingMonitor(MonitorMeasure):
         """Flush every sink now (errors become warnings)."""
         if dist_info(self.process_group)[0] != 0:
             return
+        self._on_sinks(lambda sink: sink.flush())
+        self._keep_errors()
+
+    def _on_sinks(self, call: Callable[[MonitorSink], object]) -> None:
+        """``call(sink)`` for every sink; a failure goes to :meth:`_problem` and the other sinks still run."""
         for i, sink in enumerate(self.sinks):
             try:
-                sink.flush()
+                call(sink)
             except Exception as exc:
                 self._problem(f"sink {i} ({type(sink).__name__})", exc)
-        self._keep_errors()
 
     def _keep_errors(self) -> None:
         events = self._drain_errors(self.step_count)
@@ -489,11 +492,7 @@ class TrainingMonitor(MonitorMeasure):
             return
         self._closed = True
         self._attn.remove()
-        for i, sink in enumerate(self.sinks):
-            try:
-                sink.close()
-            except Exception as exc:
-                self._problem(f"sink {i} ({type(sink).__name__})", exc)
+        self._on_sinks(lambda sink: sink.close())
         self._keep_errors()
 
     def __enter__(self) -> TrainingMonitor:

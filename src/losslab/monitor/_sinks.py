@@ -114,7 +114,37 @@ class _AppendFile:
             self._fd = None
 
 
-class CSVSink:
+class _LineSink:
+    """Lines buffered by ``write`` and appended to one file by :meth:`flush` (shared by the CSV and JSONL sinks)."""
+
+    def __init__(self, path: str | os.PathLike[str], fsync: bool = False) -> None:
+        self._file = _AppendFile(path)
+        self.path = self._file.path
+        self.fsync = bool(fsync)
+        self._pending: list[str] = []
+
+    def _ensure_open(self) -> None:
+        """Nothing by default: the CSV sink opens its file at the first write, to read an existing header."""
+
+    def flush(self) -> None:
+        """Write all buffered lines in one system call (or none of them on error)."""
+        if not self._pending:
+            return
+        self._ensure_open()
+        self._file.append("".join(self._pending))
+        self._pending.clear()
+        if self.fsync:
+            self._file.fsync()
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        try:
+            self.flush()
+        finally:
+            self._file.close()
+
+
+class CSVSink(_LineSink):
     """Append rows to a CSV file; the header is fixed at the first write.
 
     Columns: ``step``, the metric columns known at the first write (in the monitor's order), then ``events``
@@ -137,11 +167,8 @@ class CSVSink:
     """
 
     def __init__(self, path: str | os.PathLike[str], fsync: bool = False) -> None:
-        self._file = _AppendFile(path)
-        self.path = self._file.path
-        self.fsync = bool(fsync)
+        super().__init__(path, fsync)
         self.header: list[str] | None = None
-        self._pending: list[str] = []
 
     def _start(self, metrics: Row) -> None:
         first = self._file.open()
@@ -181,25 +208,8 @@ class CSVSink:
                  json.dumps(extra, separators=(",", ":")) if extra else ""]
         self._pending.append(self._line(cells))
 
-    def flush(self) -> None:
-        """Write all buffered lines in one system call (or none of them on error)."""
-        if not self._pending:
-            return
-        text = "".join(self._pending)
-        self._file.append(text)
-        self._pending.clear()
-        if self.fsync:
-            self._file.fsync()
 
-    def close(self) -> None:
-        """Flush and close the file."""
-        try:
-            self.flush()
-        finally:
-            self._file.close()
-
-
-class JSONLSink:
+class JSONLSink(_LineSink):
     """Append rows to a JSON-lines file: one object per step, ``{"step": ..., <metrics>, "events": [...]}``.
 
     Only measured metrics appear in a line (no nulls); NaN and infinities are the strings ``"NaN"``,
@@ -218,12 +228,6 @@ class JSONLSink:
         '{"step":1,"loss":"NaN","events":[]}\\n'
     """
 
-    def __init__(self, path: str | os.PathLike[str], fsync: bool = False) -> None:
-        self._file = _AppendFile(path)
-        self.path = self._file.path
-        self.fsync = bool(fsync)
-        self._pending: list[str] = []
-
     def write(self, step: int, metrics: Row, events: Sequence[Mapping[str, Any]]) -> None:
         """Buffer one row (written by the next :meth:`flush`)."""
         obj: dict[str, Any] = {"step": int(step)}
@@ -231,23 +235,9 @@ class JSONLSink:
         obj["events"] = [_json_event(e) for e in events]
         self._pending.append(json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n")
 
-    def flush(self) -> None:
-        """Write all buffered lines in one system call (or none of them on error)."""
-        if not self._pending:
-            return
+    def _ensure_open(self) -> None:
         if not self._file.is_open:
             self._file.open()
-        self._file.append("".join(self._pending))
-        self._pending.clear()
-        if self.fsync:
-            self._file.fsync()
-
-    def close(self) -> None:
-        """Flush and close the file."""
-        try:
-            self.flush()
-        finally:
-            self._file.close()
 
 
 class TensorBoardSink:

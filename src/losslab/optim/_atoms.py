@@ -64,6 +64,14 @@ def check_betas(owner: str, betas: Any, name: str = "betas") -> tuple[float, flo
     return float(betas[0]), float(betas[1])
 
 
+def check_adam_group(owner: str, group: dict[str, Any]) -> None:
+    """Check the Adam hyperparameters of a param group: ``lr``, ``betas``, ``eps``, ``weight_decay`` (all >= 0)."""
+    check_number(owner, "lr", group["lr"], low=0.0)
+    check_betas(owner, group["betas"])
+    check_number(owner, "eps", group["eps"], low=0.0)
+    check_number(owner, "weight_decay", group["weight_decay"], low=0.0)
+
+
 def check_bool(owner: str, name: str, value: Any) -> bool:
     """A real bool, not a truthy string."""
     if not isinstance(value, bool):

@@ -12,15 +12,13 @@ import torch.nn.functional as F
 from losslab.optim._atoms import (
     Scratch,
     adam_direction_fused,
-    check_betas,
+    check_adam_group,
     check_bool,
     check_fused,
     check_number,
-    fused_ok,
-    merged_group,
     params_with_grad,
-    resolve_fused,
 )
+from losslab.optim._base import Optimizer, closure_loss
 
 __all__ = ["SGDP", "AdamP"]
 
@@ -86,7 +84,7 @@ def _project_fast(p: torch.Tensor, update: torch.Tensor, code: int, row_norms: t
     U.sub_(P * coef.unsqueeze(1))
 
 
-class AdamP(torch.optim.Optimizer):
+class AdamP(Optimizer):
     r"""AdamP: Adam whose update loses its radial component on scale-invariant weights.
 
     .. math::
@@ -136,46 +134,27 @@ class AdamP(torch.optim.Optimizer):
         self.fused = check_fused(type(self).__name__, fused)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, delta=delta, wd_ratio=wd_ratio,
                         nesterov=nesterov)
-        self._check_group(defaults)
         self._scratch = Scratch()
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         owner = type(self).__name__
-        check_number(owner, "lr", group["lr"], low=0.0)
-        check_betas(owner, group["betas"])
-        check_number(owner, "eps", group["eps"], low=0.0)
-        check_number(owner, "weight_decay", group["weight_decay"], low=0.0)
+        check_adam_group(owner, group)
         check_number(owner, "delta", group["delta"], low=0.0)
         check_number(owner, "wd_ratio", group["wd_ratio"], low=0.0)
         check_bool(owner, "nesterov", group["nesterov"])
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Validate the merged group before torch adds it."""
-        self._check_group(merged_group(self.defaults, param_group))
-        super().add_param_group(param_group)
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One AdamP step; returns the closure's loss or None."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             params = params_with_grad(group)
             for p in params:
-                state = self.state[p]
-                if len(state) == 0:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-            fast = (not group["nesterov"] and resolve_fused(type(self).__name__, self.fused, params))
-            if fast:
-                self._step_fused(group, [p for p in params if fused_ok(p) and p.numel() > 0])
-                params = [p for p in params if not (fused_ok(p) and p.numel() > 0)]
-            for p in params:
+                self._count_step(p, "exp_avg", "exp_avg_sq")
+            fast, rest = self._split_fused(params, allowed=not group["nesterov"])
+            self._step_fused(group, fast)
+            for p in rest:
                 self._step_reference(group, p)
         return loss
 
@@ -236,7 +215,7 @@ class AdamP(torch.optim.Optimizer):
             p.add_(update)
 
 
-class SGDP(torch.optim.Optimizer):
+class SGDP(Optimizer):
     r"""SGDP: SGD with momentum whose update loses its radial component on scale-invariant weights.
 
     .. math::
@@ -279,7 +258,6 @@ class SGDP(torch.optim.Optimizer):
                  wd_ratio: float = 0.1) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
                         eps=eps, delta=delta, wd_ratio=wd_ratio)
-        self._check_group(defaults)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -294,18 +272,10 @@ class SGDP(torch.optim.Optimizer):
         check_number(owner, "wd_ratio", group["wd_ratio"], low=0.0)
         check_bool(owner, "nesterov", group["nesterov"])
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Validate the merged group before torch adds it."""
-        self._check_group(merged_group(self.defaults, param_group))
-        super().add_param_group(param_group)
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One SGDP step; returns the closure's loss or None."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             momentum, lr = group["momentum"], group["lr"]
             for p in params_with_grad(group):

@@ -11,19 +11,16 @@ import torch
 from losslab.optim._atoms import (
     Scratch,
     adam_direction_fused,
-    check_betas,
+    check_adam_group,
     check_fused,
-    check_number,
-    fused_ok,
-    merged_group,
     params_with_grad,
-    resolve_fused,
 )
+from losslab.optim._base import Optimizer, closure_loss
 
 __all__ = ["DiffGrad"]
 
 
-class DiffGrad(torch.optim.Optimizer):
+class DiffGrad(Optimizer):
     r"""diffGrad (the authors' ``diffGrad_v2``): Adam whose step is damped where the gradient barely changes.
 
     .. math::
@@ -69,45 +66,26 @@ class DiffGrad(torch.optim.Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, *, fused: bool | None = None) -> None:
         self.fused = check_fused(type(self).__name__, fused)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        self._check_group(defaults)
         self._scratch = Scratch()
         self._scratch_grad = Scratch()
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        owner = type(self).__name__
-        check_number(owner, "lr", group["lr"], low=0.0)
-        check_betas(owner, group["betas"])
-        check_number(owner, "eps", group["eps"], low=0.0)
-        check_number(owner, "weight_decay", group["weight_decay"], low=0.0)
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Validate the merged group before torch adds it."""
-        self._check_group(merged_group(self.defaults, param_group))
-        super().add_param_group(param_group)
+        check_adam_group(type(self).__name__, group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One diffGrad step; returns the closure's loss or None."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             params = params_with_grad(group)
-            fast = resolve_fused(type(self).__name__, self.fused, params)
+            fast, rest = self._split_fused(params)
             for p in params:
-                state = self.state[p]
-                if len(state) == 0:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                    state["previous_grad"] = torch.zeros_like(p)
-                state["step"] += 1
-                if fast and fused_ok(p) and p.numel() > 0:
-                    self._step_fused(group, p)
-                else:
-                    self._step_reference(group, p)
+                self._count_step(p, "exp_avg", "exp_avg_sq", "previous_grad")
+            for p in fast:
+                self._step_fused(group, p)
+            for p in rest:
+                self._step_reference(group, p)
         return loss
 
     def _step_reference(self, group: dict[str, Any], p: torch.Tensor) -> None:

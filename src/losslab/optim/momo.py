@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from losslab._errors import ConfigError, DataError
-from losslab.optim._atoms import check_betas, check_bool, check_number, merged_group, params_with_grad
+from losslab.optim._atoms import check_adam_group, check_bool, check_number, params_with_grad
+from losslab.optim._base import Optimizer, closure_loss
 
 __all__ = ["MoMo", "MoMoAdam"]
 
@@ -35,7 +36,7 @@ def _py_min(a: float, b: float) -> float:
     return b if b < a else a
 
 
-class _MomoBase(torch.optim.Optimizer):
+class _MomoBase(Optimizer):
     """Shared plumbing: the loss argument, optimizer-level state, the online lower bound."""
 
     def _init_common(self, lb: float, use_fstar: bool) -> None:
@@ -47,22 +48,13 @@ class _MomoBase(torch.optim.Optimizer):
         self.loss_avg: torch.Tensor | float = 0.0
         self.last_step_size: float | None = None
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Validate the merged group before torch adds it."""
-        self._check_group(merged_group(self.defaults, param_group))
-        super().add_param_group(param_group)
-
-    def _check_group(self, group: dict[str, Any]) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
-
     def _loss(self, closure: Callable[[], Any] | None, loss: Any) -> tuple[Any, torch.Tensor]:
         owner = type(self).__name__
         if (closure is None) == (loss is None):
             raise ConfigError(f"{owner}.step needs exactly one of closure=... or loss=... (the loss value is part of "
                               "the update rule); call opt.step(loss=loss) after loss.backward()")
         if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+            loss = closure_loss(closure)
         value = loss.detach() if isinstance(loss, torch.Tensor) else torch.as_tensor(loss, dtype=torch.float64)
         if value.numel() != 1:
             raise DataError(f"{owner}.step: the loss must be a scalar, got a tensor of shape {tuple(value.shape)}")
@@ -158,7 +150,6 @@ class MoMo(_MomoBase):
         self.bias_correction = check_bool(owner, "bias_correction", bias_correction)
         self._init_common(lb, use_fstar)
         defaults = dict(lr=lr, weight_decay=weight_decay)
-        self._check_group(defaults)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -260,15 +251,10 @@ class MoMoAdam(_MomoBase):
         self.divide = check_bool(type(self).__name__, "divide", divide)
         self._init_common(lb, use_fstar)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        self._check_group(defaults)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        owner = type(self).__name__
-        check_number(owner, "lr", group["lr"], low=0.0)
-        check_betas(owner, group["betas"])
-        check_number(owner, "eps", group["eps"], low=0.0)
-        check_number(owner, "weight_decay", group["weight_decay"], low=0.0)
+        check_adam_group(type(self).__name__, group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, loss: Any = None) -> Any:  # type: ignore[override]
@@ -283,13 +269,9 @@ class MoMoAdam(_MomoBase):
             for p in params_with_grad(group):
                 grad = p.grad
                 assert grad is not None
-                state = self.state[p]
-                if "step" not in state:
-                    state["step"] = 0
-                    state["grad_avg"] = torch.zeros_like(p)
-                    state["grad_avg_sq"] = torch.zeros_like(p)
+                state = self._count_step(p, "grad_avg", "grad_avg_sq")
+                if "grad_dot_w" not in state:
                     state["grad_dot_w"] = torch.zeros((), dtype=torch.float64, device=p.device)
-                state["step"] += 1
                 d, v = state["grad_avg"], state["grad_avg_sq"]
                 d.mul_(beta1).add_(grad, alpha=1 - beta1)
                 v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from losslab._errors import ConfigError
+from losslab.optim._base import Wrapper, closure_loss
 
 __all__ = ["OrthoGrad", "orthogonalize_"]
 
@@ -30,7 +31,7 @@ def orthogonalize_(params: Iterable[torch.Tensor]) -> None:
         g.copy_(g_orth.view_as(g))
 
 
-class OrthoGrad(torch.optim.Optimizer):
+class OrthoGrad(Wrapper):
     r"""⊥Grad: the base optimizer steps with the gradient made orthogonal to the weights (norm preserved).
 
     .. math::
@@ -73,35 +74,12 @@ class OrthoGrad(torch.optim.Optimizer):
             raise ConfigError(f"OrthoGrad: base_optimizer_cls={base_optimizer_cls!r} is invalid: pass an optimizer "
                               "class such as torch.optim.SGD, with its arguments as keywords")
         super().__init__(params, {})
-        self.base_optimizer = base_optimizer_cls(self.param_groups, **base_optimizer_args)
-        self.param_groups = self.base_optimizer.param_groups
-        self.defaults.update(self.base_optimizer.defaults)
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group (to the base optimizer once it exists)."""
-        if hasattr(self, "base_optimizer"):
-            self.base_optimizer.add_param_group(param_group)
-        else:
-            super().add_param_group(param_group)
+        self._wrap(base_optimizer_cls, base_optimizer_args)
 
     def step(self, closure: Callable[[], Any] | None = None, **step_kwargs: Any) -> Any:  # type: ignore[override]
         """Closure (if any), projection of every gradient, then the base step (kwargs go to it)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             orthogonalize_(group["params"])
         out = self.base_optimizer.step(**step_kwargs)
         return loss if closure is not None else out
-
-    def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state dict."""
-        return {"base": self.base_optimizer.state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load the base optimizer's state and share its new param groups."""
-        if "base" not in state_dict:
-            raise ConfigError("OrthoGrad.load_state_dict expects the dict returned by OrthoGrad.state_dict()")
-        self.base_optimizer.load_state_dict(state_dict["base"])
-        self.param_groups = self.base_optimizer.param_groups

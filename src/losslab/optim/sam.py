@@ -9,11 +9,12 @@ import torch
 
 from losslab._errors import ConfigError
 from losslab.optim._atoms import check_bool, check_number, params_with_grad
+from losslab.optim._base import Wrapper, closure_loss
 
 __all__ = ["SAM"]
 
 
-class SAM(torch.optim.Optimizer):
+class SAM(Wrapper):
     r"""Sharpness-aware minimisation: take the base optimizer's step with the gradient at ``w + e(w)``.
 
     .. math::
@@ -72,6 +73,8 @@ class SAM(torch.optim.Optimizer):
         reference rebinds ``p.data``), so parameter identities and DDP buckets are untouched.
     """
 
+    _load_hint = " (key 'base')"
+
     def __init__(self, params: Iterable[Any], base_optimizer: Callable[..., torch.optim.Optimizer],
                  rho: float = 0.05, adaptive: bool = False, eps: float = 1e-12, **kwargs: Any) -> None:
         owner = type(self).__name__
@@ -84,9 +87,7 @@ class SAM(torch.optim.Optimizer):
         defaults = dict(rho=rho, adaptive=adaptive, **kwargs)
         super().__init__(params, defaults)
         self.eps = float(eps)
-        self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
-        self.param_groups = self.base_optimizer.param_groups
-        self.defaults.update(self.base_optimizer.defaults)
+        self._wrap(base_optimizer, kwargs)
         self._perturbed: list[torch.Tensor] = []
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -94,10 +95,7 @@ class SAM(torch.optim.Optimizer):
         merged = {**self.defaults, **param_group}
         check_number(type(self).__name__, "rho", merged["rho"], low=0.0)
         check_bool(type(self).__name__, "adaptive", merged["adaptive"])
-        if hasattr(self, "base_optimizer"):
-            self.base_optimizer.add_param_group({**{k: v for k, v in self.defaults.items()}, **param_group})
-        else:
-            super().add_param_group(param_group)
+        super().add_param_group(merged if hasattr(self, "base_optimizer") else param_group)
 
     def _grad_norm(self) -> torch.Tensor:
         norms = []
@@ -156,8 +154,7 @@ class SAM(torch.optim.Optimizer):
         if closure is None:
             return self.second_step()
         self.first_step(zero_grad=True)
-        with torch.enable_grad():
-            loss = closure()
+        loss = closure_loss(closure)
         self.second_step()
         return loss
 
@@ -166,11 +163,4 @@ class SAM(torch.optim.Optimizer):
         if self._perturbed:
             raise ConfigError("SAM.state_dict between first_step and second_step would save w + e(w); save after "
                               "second_step (or call restore() first)")
-        return {"base": self.base_optimizer.state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load the base optimizer's state and share its new param groups."""
-        if "base" not in state_dict:
-            raise ConfigError("SAM.load_state_dict expects the dict returned by SAM.state_dict() (key 'base')")
-        self.base_optimizer.load_state_dict(state_dict["base"])
-        self.param_groups = self.base_optimizer.param_groups
+        return super().state_dict()

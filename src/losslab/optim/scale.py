@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from losslab._errors import ConfigError
-from losslab.optim._atoms import check_betas, check_bool, check_number, merged_group, params_with_grad
+from losslab.optim._atoms import check_betas, check_bool, check_number, params_with_grad
+from losslab.optim._base import Optimizer, closure_loss
 
 __all__ = ["SCALE", "scale_param_groups"]
 
@@ -20,7 +21,7 @@ def column_normalize(g: torch.Tensor, col_dim: int) -> torch.Tensor:
     return (g2 / s).view_as(g)
 
 
-class SCALE(torch.optim.Optimizer):
+class SCALE(Optimizer):
     r"""SCALE: normalised SGD for matrices (momentum on the last layer only) and AdamW for 1-D parameters.
 
     For a parameter with ``ndim >= 2`` (viewed as ``(size(0), -1)``):
@@ -76,7 +77,6 @@ class SCALE(torch.optim.Optimizer):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
                         adam_lr=lr if adam_lr is None else adam_lr, adamw_betas=adamw_betas, adamw_eps=adamw_eps,
                         last_layer=False, col_dim=1)
-        self._check_group(defaults)
         self.max_lr = float(lr)
         super().__init__(params, defaults)
 
@@ -93,18 +93,10 @@ class SCALE(torch.optim.Optimizer):
             raise ConfigError(f"{owner}: col_dim={group['col_dim']!r} is invalid: use 1 (normalise each row, the "
                               "default for Linear weights) or 0 (each column, for embeddings)")
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Validate the merged group before torch adds it."""
-        self._check_group(merged_group(self.defaults, param_group))
-        super().add_param_group(param_group)
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One SCALE step; returns the closure's loss or None."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
             params = [p for p in params_with_grad(group) if p.numel() > 0]
@@ -124,12 +116,7 @@ class SCALE(torch.optim.Optimizer):
             for p in (q for q in params if q.ndim < 2):
                 g = p.grad
                 assert g is not None
-                state = self.state[p]
-                if "step" not in state:
-                    state["step"] = 0
-                    state["moment1"] = torch.zeros_like(p)
-                    state["moment2"] = torch.zeros_like(p)
-                state["step"] += 1
+                state = self._count_step(p, "moment1", "moment2")
                 k = state["step"]
                 m = state["moment1"].lerp_(g, 1 - beta1)
                 v = state["moment2"].lerp_(g.square(), 1 - beta2)

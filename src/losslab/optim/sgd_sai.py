@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from losslab.optim._atoms import check_number, merged_group, params_with_grad
+from losslab.optim._atoms import check_number, params_with_grad
+from losslab.optim._base import Optimizer, closure_loss
 
 __all__ = ["SGDSaI"]
 
@@ -18,7 +19,7 @@ def gsnr(grad: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.linalg.vector_norm(grad) / (sigma + eps)
 
 
-class SGDSaI(torch.optim.Optimizer):
+class SGDSaI(Optimizer):
     r"""SGD-SaI: momentum SGD whose per-tensor step size is scaled once, at the first step, by the gradient SNR.
 
     .. math::
@@ -59,7 +60,6 @@ class SGDSaI(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, momentum: float = 0.9, eps: float = 1e-8,
                  weight_decay: float = 1e-2) -> None:
         defaults = dict(lr=lr, momentum=momentum, eps=eps, weight_decay=weight_decay)
-        self._check_group(defaults)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -69,18 +69,10 @@ class SGDSaI(torch.optim.Optimizer):
         check_number(owner, "eps", group["eps"], low=0.0)
         check_number(owner, "weight_decay", group["weight_decay"], low=0.0)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Validate the merged group before torch adds it."""
-        self._check_group(merged_group(self.defaults, param_group))
-        super().add_param_group(param_group)
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One SGD-SaI step; returns the closure's loss or None."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             momentum, lr, wd = group["momentum"], group["lr"], group["weight_decay"]
             for p in params_with_grad(group):

@@ -10,16 +10,15 @@ import torch
 
 from losslab._errors import ConfigError
 from losslab.optim._atoms import (
-    check_betas,
+    check_adam_group,
     check_bool,
     check_fused,
     check_int,
     check_number,
-    fused_ok,
     merged_group,
     params_with_grad,
-    resolve_fused,
 )
+from losslab.optim._base import Optimizer, closure_loss
 
 __all__ = ["SPAM"]
 
@@ -43,7 +42,7 @@ def spam_clip(grad: torch.Tensor, exp_avg_sq: torch.Tensor, threshold: float) ->
     return torch.where(mask, grad.sign() * torch.sqrt(exp_avg_sq * threshold), grad)
 
 
-class SPAM(torch.optim.Optimizer):
+class SPAM(Optimizer):
     r"""SPAM: Adam with periodic momentum reset, spike-aware gradient clipping and a cosine warm-up after each reset.
 
     With ``T`` the number of completed steps, ``ΔT = reset_interval``, ``N = warmup_steps`` and ``θ = threshold``,
@@ -132,7 +131,6 @@ class SPAM(torch.optim.Optimizer):
         self.seed = check_int(owner, "seed", seed)
         self.fused = check_fused(owner, fused)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, correct_bias=correct_bias)
-        self._check_group(defaults)
         self._generator = torch.Generator().manual_seed(self.seed)
         self._total_step = 0
         self._current_step = self.warmup_steps + 1
@@ -141,10 +139,7 @@ class SPAM(torch.optim.Optimizer):
     # ----------------------------------------------------------------------------------------- validation
     def _check_group(self, group: dict[str, Any]) -> None:
         owner = type(self).__name__
-        check_number(owner, "lr", group["lr"], low=0.0)
-        check_betas(owner, group["betas"])
-        check_number(owner, "eps", group["eps"], low=0.0)
-        check_number(owner, "weight_decay", group["weight_decay"], low=0.0)
+        check_adam_group(owner, group)
         check_bool(owner, "correct_bias", group["correct_bias"])
         if "density" in group:
             check_number(owner, "density", group["density"], low=0.0, high=1.0, low_open=True,
@@ -161,7 +156,7 @@ class SPAM(torch.optim.Optimizer):
         params = group["params"]
         group["params"] = [params] if isinstance(params, torch.Tensor) else list(params)
         self._check_group({**merged_group(self.defaults, group), "params": group["params"]})
-        super().add_param_group(group)
+        torch.optim.Optimizer.add_param_group(self, group)  # validated above, with its params
         if "density" in group:
             for p in self.param_groups[-1]["params"]:
                 total = p.numel()
@@ -197,10 +192,7 @@ class SPAM(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One SPAM step (see the class docstring); returns the closure's loss or None."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         t1 = self._total_step + 1
         interval = self.reset_interval
         scale = spam_warmup_scale(self._current_step, self.warmup_steps)
@@ -215,12 +207,8 @@ class SPAM(torch.optim.Optimizer):
                 for p in params:
                     self._step_masked(group, p, scale, reset, clip)
                 continue
-            if resolve_fused(type(self).__name__, self.fused, params):
-                fast = [p for p in params if fused_ok(p) and p.numel() > 0]
-                rest = [p for p in params if not (fused_ok(p) and p.numel() > 0)]
-                self._step_fused(group, fast, scale, reset, clip)
-            else:
-                rest = params
+            fast, rest = self._split_fused(params)
+            self._step_fused(group, fast, scale, reset, clip)
             for p in rest:
                 self._step_reference(group, p, scale, reset, clip)
         self._total_step += 1
@@ -231,15 +219,10 @@ class SPAM(torch.optim.Optimizer):
         return loss
 
     def _moments(self, p: torch.Tensor, like: torch.Tensor, reset: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        state = self.state[p]
-        if "exp_avg" not in state:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros_like(like)
-            state["exp_avg_sq"] = torch.zeros_like(like)
-        elif reset:
+        state = self._count_step(p, "exp_avg", "exp_avg_sq", like=like)
+        if reset and state["step"] > 1:
             state["exp_avg"].zero_()
             state["exp_avg_sq"].zero_()
-        state["step"] += 1
         return state["exp_avg"], state["exp_avg_sq"]
 
     def _step_size(self, group: dict[str, Any], k: int) -> float:
@@ -249,33 +232,30 @@ class SPAM(torch.optim.Optimizer):
             step_size *= math.sqrt(1.0 - beta2**k) / (1.0 - beta1**k)
         return step_size
 
-    def _step_reference(self, group: dict[str, Any], p: torch.Tensor, scale: float, reset: bool, clip: bool) -> None:
+    def _direction(self, group: dict[str, Any], p: torch.Tensor, grad: torch.Tensor, reset: bool,
+                   clip: bool) -> torch.Tensor:
+        """Update the moments of ``p`` with ``grad`` (clipped where it spikes) and return ``m / (sqrt(v) + eps)``."""
         beta1, beta2 = group["betas"]
-        grad = p.grad
-        assert grad is not None
         exp_avg, exp_avg_sq = self._moments(p, grad, reset)
         if clip:
             grad = spam_clip(grad, exp_avg_sq, self.threshold)
         exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        denom = exp_avg_sq.sqrt().add_(group["eps"])
-        p.add_(exp_avg / denom, alpha=-self._step_size(group, self.state[p]["step"]) * scale)
+        return exp_avg / exp_avg_sq.sqrt().add_(group["eps"])
+
+    def _step_reference(self, group: dict[str, Any], p: torch.Tensor, scale: float, reset: bool, clip: bool) -> None:
+        assert p.grad is not None
+        direction = self._direction(group, p, p.grad, reset, clip)
+        p.add_(direction, alpha=-self._step_size(group, self.state[p]["step"]) * scale)
         if group["weight_decay"] > 0:
             p.add_(p, alpha=-group["lr"] * group["weight_decay"])
 
     def _step_masked(self, group: dict[str, Any], p: torch.Tensor, scale: float, reset: bool, clip: bool) -> None:
-        beta1, beta2 = group["betas"]
         assert p.grad is not None
         mask = self.state[p]["mask"]
-        grad = p.grad[mask]
-        exp_avg, exp_avg_sq = self._moments(p, grad, reset)
-        if clip:
-            grad = spam_clip(grad, exp_avg_sq, self.threshold)
-        exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        denom = exp_avg_sq.sqrt().add_(group["eps"])
+        direction = self._direction(group, p, p.grad[mask], reset, clip)
         full = torch.zeros_like(p)
-        full[mask] = exp_avg / denom
+        full[mask] = direction
         full.mul_(scale)
         p.add_(full, alpha=-self._step_size(group, self.state[p]["step"]))
         if group["weight_decay"] > 0:
