@@ -18,3 +18,28 @@ def test_unknown_catalogue_is_one_line_exit_2(cli):
     out = cli("list", "lossez")
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "unknown catalogue 'lossez'" in out.stderr
+
+
+
+def test_closed_pipe_is_quiet(tmp_path, cli):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    demo = REPO / "src" / "losslab" / "data" / "demo"
+    fit = tmp_path / "fit.json"
+    out = cli("forecast", "fit", str(demo / "constant.csv"), str(demo / "cosine.csv"), "--law", "tissue", "-o", str(fit))
+    assert out.returncode == 0, out.stderr
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), LOSSLAB_QUIET="1")
+    # about 2 MB of JSON, far more than a pipe buffers, so the command is still writing when the reader leaves
+    cmd = [sys.executable, "-m", "losslab", "forecast", "predict", str(fit), "--json",
+           "--schedule", "cosine:peak=1e-3,steps=50000,final=0.1,warmup=100"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10) == b'{"step": ['
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141
+    assert b"Broken pipe" not in err and b"Traceback" not in err

@@ -53,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(func(args) or 0)
+    except BrokenPipeError:  # the reader went away (``losslab ... --json | head``): stop quietly, like a Unix tool
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13  # as if killed by SIGPIPE
     except (LosslabError, OSError) as exc:
         if args.debug:
             raise
