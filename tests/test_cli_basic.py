@@ -43,3 +43,25 @@ def test_closed_pipe_is_quiet(tmp_path, cli):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141
     assert b"Broken pipe" not in err and b"Traceback" not in err
+
+
+def _subparsers(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            yield from action.choices.items()
+
+
+def test_help_texts_have_no_rst_markup():
+    """Every command's --help reads as plain text: no reStructuredText ``literal`` quotes from docstrings."""
+    from losslab.cli import build_parser
+
+    todo = [("losslab", build_parser())]
+    seen = []
+    while todo:
+        name, parser = todo.pop()
+        seen.append(name)
+        assert "``" not in parser.format_help(), name
+        todo.extend((f"{name} {sub}", p) for sub, p in _subparsers(parser))
+    assert {"losslab scaling", "losslab monitor", "losslab diagnose", "losslab stability"} <= set(seen)

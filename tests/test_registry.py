@@ -24,6 +24,14 @@ def test_unknown_name_suggests_the_closest():
     with pytest.raises(UnknownNameError, match=r"unknown loss 'cross_entropi'; did you mean 'cross_entropy'") as err:
         make().get("cross_entropi")
     assert isinstance(err.value, KeyError)
+    assert "known losses: cross_entropy, focal" in str(err.value)  # not "losss"
+
+
+def test_unknown_name_lists_the_known_names_in_plain_english():
+    reg = Registry("detector")
+    reg.register(Info("zscore", "z"))
+    with pytest.raises(UnknownNameError, match=r"known detectors: zscore$"):
+        reg.get("nope")
 
 
 def test_duplicates_are_rejected():

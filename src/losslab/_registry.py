@@ -64,8 +64,9 @@ class Registry(Generic[InfoT]):
             choices = sorted(self._entries) + sorted(self._aliases)
             close = difflib.get_close_matches(key, choices, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+            plural = self.kind + ("es" if self.kind.endswith("s") else "s")
             raise UnknownNameError(
-                f"unknown {self.kind} '{name}'; {hint}known {self.kind}s: {', '.join(sorted(self._entries))}"
+                f"unknown {self.kind} '{name}'; {hint}known {plural}: {', '.join(sorted(self._entries))}"
             )
         return key
 

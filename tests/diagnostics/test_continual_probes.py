@@ -253,3 +253,12 @@ def test_kernel_distance_lazy_vs_rich():
         empirical_ntk(tiny_mlp(), torch.ones(0, 3, dtype=torch.float64))
     with pytest.raises(DataError, match="one row per input"):
         tangent_alignment(tiny_mlp(), torch.ones(3, 3, dtype=torch.float64), torch.tensor([0, 1]))
+
+
+def test_kernel_distance_stays_in_its_range_under_round_off():
+    """1 - cos lies in [0, 2], also under round-off (plain float64 gives -4e-16 for identical kernels on some seeds)."""
+    for seed in range(20):
+        jac = torch.randn(6, 20, generator=torch.Generator().manual_seed(seed))
+        kernel = jac @ jac.T
+        assert 0.0 <= kernel_distance(kernel, kernel) < 1e-12
+        assert 2.0 - 1e-12 < kernel_distance(kernel, -kernel) <= 2.0

@@ -103,3 +103,16 @@ def test_final_ratio_stays_within_the_fitted_lr_range_unless_asked():
     assert bounded.to_dict()["min_final_ratio"] == pytest.approx(0.1)
     with pytest.raises(ConfigError, match="min_final_ratio must be in"):
         plan_schedule(fit, 4000, "cosine", min_final_ratio=1.5)
+
+
+def test_summary_says_higher_when_a_default_beats_the_plan():
+    """A default outside the searched range (WSD decays to 0) can predict lower: say "higher", not "-x % lower"."""
+    from losslab.forecast.plan import SchedulePlan
+
+    best = Schedule("wsd", {"peak": 1e-3, "steps": 100, "decay": 0.5, "cooldown": "cosine", "final_ratio": 0.1})
+    plan = SchedulePlan(best=best, best_loss=2.0, baselines={"cosine": 2.1, "wsd": 1.9}, family="wsd", steps=100,
+                        peak=1e-3, warmup=0, evaluated=1, law="mpl", min_final_ratio=0.1)
+    text = plan.summary()
+    assert "default cosine: 2.1000 (planned is 4.76 % lower)" in text
+    assert "default wsd: 1.9000 (planned is 5.26 % higher" in text
+    assert "-" not in text.split("default wsd:")[1].split("%")[0]

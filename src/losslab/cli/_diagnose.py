@@ -29,7 +29,7 @@ _CONTRACT = "the file must define build_model(), batch() and loss_fn(model, batc
 def register(subparsers: Any) -> None:
     """Add ``diagnose`` with its ``hessian`` and ``landscape`` sub-commands."""
     parser = subparsers.add_parser("diagnose", help="Hessian spectrum or loss landscape of a checkpoint",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=(__doc__ or "").replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="diagnostic", metavar="DIAGNOSTIC")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--checkpoint", required=True, help="state_dict saved with torch.save")

@@ -19,7 +19,7 @@ CATALOGUES = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("list", help="list the entries of a catalogue", description=__doc__)
+    p = subparsers.add_parser("list", help="list the entries of a catalogue", description=(__doc__ or "").replace("``", ""))
     p.add_argument("catalogue", nargs="?", default=None, help=f"one of: {', '.join(CATALOGUES)} or 'schedules'")
     p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     p.set_defaults(func=run)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("monitor", help="inspect training-monitor logs", description=__doc__)
+    p = subparsers.add_parser("monitor", help="inspect training-monitor logs",
+                              description=(__doc__ or "").replace("``", ""))
     sub = p.add_subparsers(dest="monitor_command", metavar="ACTION")
     show = sub.add_parser("show", help="summarise a monitor log (loss, grad norm, events)",
                           description="Summarise a log written by losslab.monitor's CSVSink or JSONLSink.")

@@ -17,7 +17,7 @@ from losslab._errors import ConfigError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("scaling", help="fit scaling laws across runs, allocate compute, predict",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=(__doc__ or "").replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="scaling_command", metavar="ACTION")
     p.set_defaults(func=lambda args: _usage(p))
 

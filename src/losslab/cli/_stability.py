@@ -21,7 +21,7 @@ _SENS_HELP = ("CSV with one row per run: columns lr and final_loss (empty, nan o
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("stability", help="LR sensitivity and offline spike detection",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=(__doc__ or "").replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="stability_command", metavar="SUBCOMMAND")
 
     s = sub.add_parser("sensitivity", help="LR sensitivity (Wortsman et al. 2023) from a CSV of final losses",

@@ -181,7 +181,8 @@ def kernel_distance(k0: torch.Tensor, kt: torch.Tensor) -> float:
     na, nb = float(a.norm()), float(b.norm())
     if na == 0 or nb == 0:
         raise DataError("a kernel is identically zero; the distance is undefined")
-    return float(1 - (a * b).sum() / (na * nb))
+    # Cauchy-Schwarz bounds the cosine by 1; clip the round-off so identical kernels give exactly 0, never -4e-16
+    return float(min(2.0, max(0.0, 1 - float((a * b).sum()) / (na * nb))))
 
 
 def tangent_alignment(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *,

@@ -71,7 +71,8 @@ class SchedulePlan:
                  f"  predicted final loss {self.best_loss:.4f}"]
         for name, loss in self.baselines.items():
             gain = 100.0 * (loss - self.best_loss) / loss
-            lines.append(f"  default {name}: {loss:.4f} (planned is {gain:+.2f} % lower)")
+            side = "lower" if gain >= 0 else "higher (the default leaves the searched final-LR range)"
+            lines.append(f"  default {name}: {loss:.4f} (planned is {abs(gain):.2f} % {side})")
         lines.append(f"  {self.evaluated} schedules evaluated, final-LR ratio searched down to {self.min_final_ratio:g}")
         return "\n".join(lines)
 
