@@ -14,11 +14,12 @@ __all__ = ["MultiPowerLaw", "mpl_pairs"]
 
 _LR_FLOOR = 1e-12  # relative to the peak: a zero LR enters eta_k^-gamma as 1e-12 * peak
 PAIR_BUDGET = 4_000_000  # pairs evaluated at once (memory about 50 bytes a pair)
-DENSE_BUDGET = 6_000_000
+DENSE_BUDGET = 6_000_000  # above this many pairs, predict() interpolates LD between exact knots
 MAX_NFEV = 200  # solver evaluations per start
 # prior on (log C, beta, gamma): centred on the authors' fits at 25M-400M (C ~ 2, beta ~ 0.6, gamma ~ 0.64)
 PRIOR_MEAN = np.array([np.log(2.0), 0.6, 0.6])
-PRIOR_SD = np.array([1.0, 0.2, 0.2])  # above this many pairs, predict() interpolates LD between exact knots
+PRIOR_SD = np.array([1.0, 0.2, 0.2])
+FIT_METHODS = ("gauss-newton", "authors")
 
 
 @dataclass
@@ -29,6 +30,8 @@ class _MPLFeatures:
     log_eta: np.ndarray  # log eta_k
     log_s: np.ndarray  # log S_k(t) = log sum_{tau=k..t} eta_tau
     n_eval: int
+    lr_now: np.ndarray  # eta_t of the annealing term at each evaluation step
+    peak: float  # largest rate of the annealing term
     cache: dict[tuple[float, ...], np.ndarray] = field(default_factory=dict)
 
 
@@ -122,7 +125,7 @@ def mpl_pairs(lr: np.ndarray, steps: np.ndarray, warmup: str = "raw", exact: boo
     with np.errstate(divide="ignore"):
         log_s = np.log(np.maximum(cp_t - cp, 0.0))
     return _MPLFeatures(log_s1=np.log(np.maximum(s1, 1e-300)), pair_eval=ev, delta=d, log_eta=le, log_s=log_s,
-                        n_eval=t.size)
+                        n_eval=t.size, lr_now=lr_ann[t - 1], peak=peak)
 
 
 def _drop_sums(feats: _MPLFeatures, b_c_beta_gamma: tuple[float, float, float], jac: bool) -> np.ndarray:
@@ -169,6 +172,10 @@ class MultiPowerLaw(Law):
         prior: strength of the Gaussian prior on ``(log C, beta, gamma)`` used by the fitter (0 disables it).
         exact: evaluate every (step, change point) pair instead of merging far change points into blocks
             (slower; the merged form differs by < 1e-6 relative on real schedules, see :func:`mpl_pairs`).
+        method: ``"gauss-newton"`` (default): multi-start trust-region fit with the prior; ``"authors"``: the
+            authors' procedure (a simplified-law start, then at most 200 early-stopped AdamW steps), see
+            :mod:`losslab.forecast.laws._mpl_authors`. Which one predicts held-out schedules better depends on
+            the data; docs/forecast.md compares them.
 
     Returns:
         ``evaluate(theta, feats)``: the loss at the feature steps.
@@ -195,7 +202,8 @@ class MultiPowerLaw(Law):
     param_names = ("L0", "A", "alpha", "B", "C", "beta", "gamma")
     linear = ("L0", "A", "B")
     default_starts = 3
-    option_defaults: ClassVar[dict[str, Any]] = {"warmup": "raw", "prior": 10.0, "exact": False}
+    option_defaults: ClassVar[dict[str, Any]] = {"warmup": "raw", "prior": 10.0, "exact": False,
+                                                 "method": "gauss-newton"}
 
     def validate_options(self) -> None:
         """Known warmup mode and a non-negative prior strength."""
@@ -204,6 +212,8 @@ class MultiPowerLaw(Law):
         prior = self.options["prior"]
         if not (isinstance(prior, (int, float)) and np.isfinite(prior) and prior >= 0):
             raise ConfigError(f"mpl: prior must be a number >= 0 (0 disables it), got {prior!r}")
+        if self.options["method"] not in FIT_METHODS:
+            raise ConfigError(f"mpl: method must be one of {', '.join(FIT_METHODS)}, got {self.options['method']!r}")
 
     def features(self, lr: np.ndarray, steps: np.ndarray) -> _MPLFeatures:
         """The (evaluation step, change point) pairs of ``LD`` (see :func:`mpl_pairs`)."""
@@ -268,8 +278,13 @@ class MultiPowerLaw(Law):
 
     def fit(self, problems: Any, *, delta: float = 1e-3, quiet: bool | None = None,
             n_starts: int | None = None) -> Any:
-        """Multi-start fit with the prior rows (see :meth:`penalty`)."""
+        """Multi-start fit with the prior rows (see :meth:`penalty`), or the authors' procedure (``method``)."""
         from losslab.forecast._robust import multistart_fit
+
+        if self.options["method"] == "authors":
+            from losslab.forecast.laws._mpl_authors import fit_authors
+
+            return fit_authors(self, problems, delta=delta, quiet=quiet)
 
         return multistart_fit(self, problems, delta=delta, n_starts=n_starts or self.default_starts, quiet=quiet,
                               penalty=self.penalty, max_nfev=MAX_NFEV, desc="fit mpl")
