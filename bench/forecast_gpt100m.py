@@ -63,16 +63,17 @@ def main() -> int:
     for train in (("cosine",), ("cosine", "811")):
         print(f"\n=== fit on {' + '.join(train)} (raw per-step loss), predict the others")
         print(f"{'law':16s} {'fit s':>6s} " + " ".join(f"{n + ' mean/worst/final/cover90':>34s}" for n in RUNS))
-        for law in ("power", "tissue", "mpl", "auto"):
+        for law in ("power", "tissue", "mpl", "mpl-authors", "auto"):
             t0 = time.perf_counter()
-            fit = fit_curves([runs[n][0] for n in train], law, quiet=True)
+            opts = {"method": "authors"} if law == "mpl-authors" else {}
+            fit = fit_curves([runs[n][0] for n in train], law.split("-")[0], quiet=True, **opts)
             dt = time.perf_counter() - t0
             cells = []
             for n, (curve, at, target) in runs.items():
                 m, w, f, c = errors(fit, curve, at, target)
                 tag = "*" if n in train else " "
                 cells.append(f"{tag}{100 * m:6.2f}% {100 * w:6.2f}% {100 * f:+6.2f}% {100 * c:5.0f}%")
-            name = law if law != "auto" else f"auto->{fit.law}"
+            name = law if law != "auto" else f"auto->{fit.law}"  # mpl-authors: MultiPowerLaw(method="authors")
             print(f"{name:16s} {dt:6.2f} " + " ".join(f"{c:>34s}" for c in cells))
         for n, (m, w, f) in NOTE[train].items():
             print(f"  research note, Tissue: {n}: mean {m:.2f} %, worst {w:.2f} %, final {f:+.2f} %")
