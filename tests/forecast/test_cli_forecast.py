@@ -269,3 +269,21 @@ def test_run_and_loss_from_options(tmp_path, capsys):
                  "-o", str(out)]) == 0
     curve = json.loads(out.read_text())["diagnostics"]["curves"][0]
     assert curve["name"] == "seeds:seed1" and curve["first_step"] >= 1000
+
+
+def test_fit_mpl_with_the_authors_procedure_and_predict(tmp_path):
+    out = tmp_path / "fit.json"
+    assert main(["--quiet", "forecast", "fit", str(DEMO / "constant.csv"), str(DEMO / "cosine.csv"), "--law", "mpl",
+                 "--law-option", "method=authors", "-o", str(out)]) == 0
+    fit = CurveFit.load(out)
+    assert fit.law == "mpl" and fit.options["method"] == "authors"
+    assert "AdamW" in fit.diagnostics["starts"][0]["message"]
+    pred = tmp_path / "pred.csv"
+    assert main(["--quiet", "forecast", "predict", str(out), "--schedule", WSD, "-o", str(pred)]) == 0
+    rows = np.genfromtxt(pred, delimiter=",", names=True)
+    assert rows.size == 4000 and np.all(rows["lower"] < rows["loss"]) and np.all(rows["loss"] < rows["upper"])
+
+
+def test_unknown_mpl_method_is_one_line(capsys):
+    _one_line_error(capsys, ["forecast", "fit", str(DEMO / "constant.csv"), "--law", "mpl", "--law-option",
+                             "method=adam", "-o", "f.json"], "method must be one of gauss-newton, authors")

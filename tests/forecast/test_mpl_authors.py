@@ -159,6 +159,25 @@ def test_authors_procedure_does_not_depend_on_the_units_of_the_lr(k):
         np.testing.assert_allclose(b.predict(s.lr), a.predict(c.lr), rtol=1e-4)
 
 
+def test_an_overshooting_first_step_keeps_the_parameters_its_objective_was_measured_at():
+    from importlib.resources import files
+    from pathlib import Path
+
+    from losslab.forecast.io import load_curve
+
+    demo = Path(str(files("losslab") / "data" / "demo"))
+    curves = [load_curve(demo / "constant.csv"), load_curve(demo / "cosine.csv")]
+    fit = fit_curves(curves, "mpl", method="authors", quiet=True, calibrate=False)
+    # the simplified start has A ~ 0.002: the first AdamW step (rate 5e-2) sends A below 0, and the later steps
+    # never get back to the start's objective
+    assert "kept the parameters before the best step's update" in fit.diagnostics["starts"][0]["message"]
+    assert fit.params["A"] > 0
+    for c in curves:
+        assert np.all(np.isfinite(fit.predict(c.lr))) and np.all(fit.predict(c.lr) > 0)
+    # a poor fit (the procedure never improves on its start here), but a valid one
+    assert all(c["mean_rel_err"] < 0.03 for c in fit.diagnostics["curves"])
+
+
 def test_unknown_method_is_a_config_error():
     with pytest.raises(ConfigError, match="method must be one of gauss-newton, authors"):
         fit_curves(_curves(), "mpl", method="adam", quiet=True)

@@ -23,6 +23,9 @@ Differences from the code, none of which changes the result on the authors' data
   the curves leave ``B`` loosely determined, stage 1 stops near its grid value, as the code does, and a change in
   the last digit of the data can move it to another point of the flat valley;
 - the targets are float64 (the code reads them into a float32 tensor);
+- where the parameters after the best step's update predict a loss <= 0 (the code would return them; it happens
+  when the first AdamW step overshoots a small ``A``), the parameters before that update are returned, and the
+  message says so;
 - the procedure runs on the LR rescaled so that its peak is the authors' 3e-4 (``eta_max`` of the simplified law
   is that peak; the code has the constant 3e-4), and the parameters are mapped back (``A k^-alpha``, ``B k``,
   ``C k^(1 - gamma)`` for a rescaling by ``k``): the step sizes are tuned for the authors' LR, and this way the result
@@ -129,6 +132,16 @@ def _unscaled(theta: np.ndarray, k: float) -> np.ndarray:
     return np.array([l0, a * k**-alpha, alpha, b * k, c * k ** (1.0 - gamma), beta, gamma])
 
 
+def _evaluated(law: Any, theta: np.ndarray, problems: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    with np.errstate(all="ignore"):
+        preds, jacs = zip(*(law.evaluate(theta, p.feats, jac=True) for p in problems))
+    return theta, np.concatenate(preds), list(jacs)
+
+
+def _valid(pred: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(pred)) and np.all(pred > 0))
+
+
 def fit_authors(law: Any, problems: Sequence[Any], *, delta: float = 1e-3, quiet: bool | None = None) -> Any:
     """Fit ``law`` (a :class:`~losslab.forecast.laws.MultiPowerLaw`) by the authors' two-stage procedure.
 
@@ -143,7 +156,7 @@ def fit_authors(law: Any, problems: Sequence[Any], *, delta: float = 1e-3, quiet
     theta = np.array([*x1, *START], dtype=np.float64)
     lr = np.array([LR_LINEAR, LR_LINEAR, LR_EXPONENT, LR_LINEAR, LR_LINEAR, LR_EXPONENT, LR_EXPONENT])
     m, v = np.zeros(theta.size), np.zeros(theta.size)
-    best, best_theta, lowest, stale = np.inf, theta.copy(), np.inf, 0
+    best, best_theta, best_before, lowest, stale = np.inf, theta.copy(), theta.copy(), np.inf, 0
     reason, step = f"{ADAMW_STEPS} AdamW steps", 0
     for step in progress(range(ADAMW_STEPS), total=ADAMW_STEPS, desc="fit mpl (authors), AdamW", quiet=quiet):
         cost, grad = _objective_and_gradient(law, theta, problems, delta)
@@ -151,6 +164,7 @@ def fit_authors(law: Any, problems: Sequence[Any], *, delta: float = 1e-3, quiet
             reason = f"non-finite objective at AdamW step {step}"
             break
         t = step + 1
+        before = theta
         m = BETA1 * m + (1 - BETA1) * grad
         v = BETA2 * v + (1 - BETA2) * grad * grad
         denom = np.sqrt(v) / np.sqrt(1 - BETA2**t) + EPS
@@ -166,13 +180,15 @@ def fit_authors(law: Any, problems: Sequence[Any], *, delta: float = 1e-3, quiet
             reason = f"gradient norm below {GRAD_NORM_STOP:g} (AdamW step {step})"
             break
         if cost < best:
-            best, best_theta = cost, theta.copy()
-    best_theta = _unscaled(best_theta, k)
+            best, best_theta, best_before = cost, theta.copy(), before.copy()
     y_log = np.concatenate([np.log(p.y) for p in original])
-    with np.errstate(all="ignore"):
-        preds, jacs = zip(*(law.evaluate(best_theta, p.feats, jac=True) for p in original))
-    pred = np.concatenate(preds)
-    ok = bool(np.isfinite(best) and np.all(np.isfinite(pred)) and np.all(pred > 0))
+    best_theta, pred, jacs = _evaluated(law, _unscaled(best_theta, k), original)
+    if not _valid(pred) and np.isfinite(best):
+        # the code keeps the parameters after the update of the best step; where those predict a non-positive loss
+        # (a first step that overshoots a small A), the parameters the best objective was measured at are kept
+        best_theta, pred, jacs = _evaluated(law, _unscaled(best_before, k), original)
+        reason += "; kept the parameters before the best step's update (those after it predict a loss <= 0)"
+    ok = bool(np.isfinite(best) and _valid(pred))
     final = float(_huber(y_log - np.log(pred), delta).sum()) if ok else float("inf")
     x0 = _unscaled(np.array([*x1, *START]), k)
     record = {"start": 0, "x0": x0.tolist(), "x": best_theta.tolist(), "cost": final, "lr_rescaled_by": k,
