@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,17 +13,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from losslab._errors import ConfigError, OptionalDependencyError
+from losslab._errors import ConfigError
 from losslab.monitor._attention import AttentionHooks, AttentionLogitsFn, mha_attention_logits
 from losslab.monitor._dist import dist_info
-from losslab.monitor._logfile import format_summary, summary_stats
 from losslab.monitor._measure import MonitorMeasure, unwrap
+from losslab.monitor._results import MonitorResults
 from losslab.monitor._sinks import CSVSink, JSONLSink, MonitorSink
 from losslab.stability.spikes import NonFiniteDetector, SpikeDetector, SpikeEvent, ZScoreDetector
 
 __all__ = ["MonitorWarning", "TrainingMonitor"]
 
-_STATE_VERSION = 1
 _PER_LAYER = ("module", "param", "none")
 
 
@@ -55,7 +54,7 @@ def _is_optimizer_like(obj: Any) -> bool:
     return isinstance(obj, torch.optim.Optimizer) or (hasattr(obj, "param_groups") and hasattr(obj, "state"))
 
 
-class TrainingMonitor(MonitorMeasure):
+class TrainingMonitor(MonitorMeasure, MonitorResults):
     r"""Watch a training run step by step: loss, gradient and update norms, logits, Adam health, spikes.
 
     Call it once per optimizer step. In a plain loop::
@@ -443,87 +442,8 @@ class TrainingMonitor(MonitorMeasure):
         self.n_events += len(events)
         return events
 
-    # ------------------------------------------------------------------ results, files, checkpoints
-    @property
-    def history(self) -> dict[str, list[float | None]]:
-        """In-memory table: ``{"step": [...], "<column>": [...]}``, one entry per recorded step (``None`` =
-        not measured). Empty when ``keep_history=False``."""
-        return self._history
-
-    def to_pandas(self) -> Any:
-        """:attr:`history` as a ``pandas.DataFrame`` indexed by step (needs pandas)."""
-        try:
-            import pandas as pd
-        except ImportError as exc:
-            raise OptionalDependencyError("TrainingMonitor.to_pandas needs pandas; install it with: pip install "
-                                          "pandas (or use monitor.history, a dict of lists)") from exc
-        return pd.DataFrame(self._history).set_index("step")
-
-    def report(self, max_events: int = 10) -> str:
-        """A few lines of text: steps, loss, gradient norm and the events so far."""
-        events = [e.to_dict() for e in self.events]
-        head = (f"TrainingMonitor: {self.step_count} steps, every_n_steps={self.every_n_steps}, "
-                f"{len(self._layers)} layers, detectors on {', '.join(self.detectors) or 'nothing'}")
-        return head + "\n" + format_summary(summary_stats(self._history, events), events, max_events=max_events)
-
-    def flush(self) -> None:
-        """Flush every sink now (errors become warnings)."""
-        if dist_info(self.process_group)[0] != 0:
-            return
-        self._on_sinks(lambda sink: sink.flush())
-        self._keep_errors()
-
-    def _on_sinks(self, call: Callable[[MonitorSink], object]) -> None:
-        """``call(sink)`` for every sink; a failure goes to :meth:`_problem` and the other sinks still run."""
-        for i, sink in enumerate(self.sinks):
-            try:
-                call(sink)
-            except Exception as exc:
-                self._problem(f"sink {i} ({type(sink).__name__})", exc)
-
-    def _keep_errors(self) -> None:
-        events = self._drain_errors(self.step_count)
-        self.events.extend(events)
-        self.n_events += len(events)
-
-    def close(self) -> None:
-        """Flush and close the sinks and remove the attention hooks. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        self._attn.remove()
-        self._on_sinks(lambda sink: sink.close())
-        self._keep_errors()
-
     def __enter__(self) -> TrainingMonitor:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def state_dict(self) -> dict[str, Any]:
-        """Step counter, event count and every detector's state (the history lives in the sinks)."""
-        return {"version": _STATE_VERSION, "step": self.step_count, "n_events": self.n_events,
-                "every_n_steps": self.every_n_steps,
-                "detectors": {m: [d.state_dict() for d in dets] for m, dets in self.detectors.items()}}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` so a resumed run continues: same step numbers, same detector windows.
-
-        Raises:
-            ConfigError: the state is not a monitor state or its detectors do not match this monitor's.
-        """
-        if not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION or "detectors" not in state:
-            raise ConfigError("not a TrainingMonitor state_dict (missing 'version'/'detectors'); pass what "
-                              "TrainingMonitor.state_dict() returned")
-        saved = state["detectors"]
-        if set(saved) != set(self.detectors) or any(len(saved[m]) != len(d) for m, d in self.detectors.items()):
-            raise ConfigError(f"the saved monitor watched {sorted(saved)} with "
-                              f"{[len(v) for v in saved.values()]} detectors, this one {sorted(self.detectors)}; "
-                              f"build the monitor with the same detectors before loading")
-        for m, dets in self.detectors.items():
-            for det, s in zip(dets, saved[m]):
-                det.load_state_dict(s)
-        self.step_count = int(state["step"])
-        self.n_events = int(state["n_events"])
-        self._attn.active = self.is_sampled(self.step_count + 1)
