@@ -23,6 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from losslab.forecast import Curve, fit_curves
 
+# label -> (law, options); "mpl-authors" is the authors' own fitting procedure (MultiPowerLaw(method="authors"))
+VARIANTS = {"power": ("power", {}), "tissue": ("tissue", {}), "mpl": ("mpl", {}),
+            "mpl-authors": ("mpl", {"method": "authors"}), "auto": ("auto", {})}
 RUNS = {"cosine": "gpt100M_20B_cosine.csv", "wsd": "gpt100M_20B_wsd.csv", "811": "gpt100M_20B_811.csv"}
 # research note §3b, Tissue law fitted by the note's author: (mean, worst, final) in % on the held-out runs
 NOTE = {("cosine",): {"wsd": (0.96, 2.12, 0.22), "811": (0.74, 2.81, -0.28)},
@@ -63,18 +66,17 @@ def main() -> int:
     for train in (("cosine",), ("cosine", "811")):
         print(f"\n=== fit on {' + '.join(train)} (raw per-step loss), predict the others")
         print(f"{'law':16s} {'fit s':>6s} " + " ".join(f"{n + ' mean/worst/final/cover90':>34s}" for n in RUNS))
-        for law in ("power", "tissue", "mpl", "mpl-authors", "auto"):
+        for law, (name, opts) in VARIANTS.items():
             t0 = time.perf_counter()
-            opts = {"method": "authors"} if law == "mpl-authors" else {}
-            fit = fit_curves([runs[n][0] for n in train], law.split("-")[0], quiet=True, **opts)
+            fit = fit_curves([runs[n][0] for n in train], name, quiet=True, **opts)
             dt = time.perf_counter() - t0
             cells = []
             for n, (curve, at, target) in runs.items():
                 m, w, f, c = errors(fit, curve, at, target)
                 tag = "*" if n in train else " "
                 cells.append(f"{tag}{100 * m:6.2f}% {100 * w:6.2f}% {100 * f:+6.2f}% {100 * c:5.0f}%")
-            name = law if law != "auto" else f"auto->{fit.law}"  # mpl-authors: MultiPowerLaw(method="authors")
-            print(f"{name:16s} {dt:6.2f} " + " ".join(f"{c:>34s}" for c in cells))
+            label = law if law != "auto" else f"auto->{fit.law}"
+            print(f"{label:16s} {dt:6.2f} " + " ".join(f"{c:>34s}" for c in cells))
         for n, (m, w, f) in NOTE[train].items():
             print(f"  research note, Tissue: {n}: mean {m:.2f} %, worst {w:.2f} %, final {f:+.2f} %")
     print("(* = a fitted curve; errors against a 201-step moving average of the raw loss)")

@@ -49,6 +49,7 @@ from scipy.optimize import minimize
 from scipy.stats import linregress
 
 from losslab._progress import progress
+from losslab.forecast._robust import FitOutcome, Problem, huber
 
 __all__ = ["AUTHORS_PEAK_LR", "fit_authors"]
 
@@ -57,11 +58,6 @@ ADAMW_STEPS, PATIENCE, GRAD_NORM_STOP = 200, 20, 1e-5
 LR_LINEAR, LR_EXPONENT = 5e-2, 5e-3  # AdamW rates for (L0, A, B, C) and for (alpha, beta, gamma)
 BETA1, BETA2, EPS, WEIGHT_DECAY = 0.9, 0.999, 1e-8, 1e-2
 START = (1.0, 0.5, 0.5)  # C, beta, gamma
-
-
-def _huber(r: np.ndarray, delta: float) -> np.ndarray:
-    a = np.abs(r)
-    return np.where(a <= delta, 0.5 * r * r, delta * a - 0.5 * delta * delta)
 
 
 def _simplified_start(problems: Sequence[Any], peak: float, delta: float,
@@ -83,7 +79,7 @@ def _simplified_start(problems: Sequence[Any], peak: float, delta: float,
         r = log_y - np.log(pred)
         w = -np.clip(r, -delta, delta) / pred
         grad = np.array([w.sum(), w @ power, w @ (-a * log_s1 * power), -(w @ gap)])
-        return float(_huber(r, delta).sum()), grad
+        return float(huber(r, delta).sum()), grad
 
     grid = list(product(np.linspace(low - 0.2, low + 0.2, 5),
                         np.exp(intercept) + np.array([-0.1, 0.0, 0.1]),
@@ -101,8 +97,6 @@ def _simplified_start(problems: Sequence[Any], peak: float, delta: float,
 
 def _rescaled(problems: Sequence[Any], k: float) -> list[Any]:
     """The problems with every LR multiplied by ``k`` (the MPL features are logs and sums of the LR)."""
-    from losslab.forecast._robust import Problem
-
     log_k = float(np.log(k))
     out = []
     for p in problems:
@@ -113,15 +107,15 @@ def _rescaled(problems: Sequence[Any], k: float) -> list[Any]:
     return out
 
 
-def _objective_and_gradient(law: Any, theta: np.ndarray, problems: Sequence[Any],
+def _objective_and_gradient(law: Any, theta: np.ndarray, problems: Sequence[Any], log_ys: Sequence[np.ndarray],
                             delta: float) -> tuple[float, np.ndarray]:
     total, grad = 0.0, np.zeros(theta.size)
-    for p in problems:
+    for p, log_y in zip(problems, log_ys):
         with np.errstate(all="ignore"):
             pred, jac = law.evaluate(theta, p.feats, jac=True)
         pred = np.maximum(pred, 1e-10)
-        r = np.log(p.y) - np.log(pred)
-        total += float(_huber(r, delta).sum())
+        r = log_y - np.log(pred)
+        total += float(huber(r, delta).sum())
         grad += (-np.clip(r, -delta, delta) / pred) @ jac
     return total, grad
 
@@ -132,10 +126,11 @@ def _unscaled(theta: np.ndarray, k: float) -> np.ndarray:
     return np.array([l0, a * k**-alpha, alpha, b * k, c * k ** (1.0 - gamma), beta, gamma])
 
 
-def _evaluated(law: Any, theta: np.ndarray, problems: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+def _evaluated(law: Any, theta: np.ndarray, problems: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction and Jacobian of ``law`` at ``theta``, all problems stacked."""
     with np.errstate(all="ignore"):
         preds, jacs = zip(*(law.evaluate(theta, p.feats, jac=True) for p in problems))
-    return theta, np.concatenate(preds), list(jacs)
+    return np.concatenate(preds), np.vstack(jacs)
 
 
 def _valid(pred: np.ndarray) -> bool:
@@ -148,18 +143,17 @@ def fit_authors(law: Any, problems: Sequence[Any], *, delta: float = 1e-3, quiet
     Returns a :class:`~losslab.forecast._robust.FitOutcome`: one record in ``starts`` with the stage-1 start, the
     AdamW step the procedure stopped at and why.
     """
-    from losslab.forecast._robust import FitOutcome
-
     k = AUTHORS_PEAK_LR / max(float(p.feats.peak) for p in problems)
     original, problems = problems, _rescaled(problems, k)
     x1, cost1, n_grid = _simplified_start(problems, AUTHORS_PEAK_LR, delta, quiet)
     theta = np.array([*x1, *START], dtype=np.float64)
+    log_ys = [np.log(p.y) for p in problems]
     lr = np.array([LR_LINEAR, LR_LINEAR, LR_EXPONENT, LR_LINEAR, LR_LINEAR, LR_EXPONENT, LR_EXPONENT])
     m, v = np.zeros(theta.size), np.zeros(theta.size)
     best, best_theta, best_before, lowest, stale = np.inf, theta.copy(), theta.copy(), np.inf, 0
     reason, step = f"{ADAMW_STEPS} AdamW steps", 0
     for step in progress(range(ADAMW_STEPS), total=ADAMW_STEPS, desc="fit mpl (authors), AdamW", quiet=quiet):
-        cost, grad = _objective_and_gradient(law, theta, problems, delta)
+        cost, grad = _objective_and_gradient(law, theta, problems, log_ys, delta)
         if not (np.isfinite(cost) and np.all(np.isfinite(grad))):
             reason = f"non-finite objective at AdamW step {step}"
             break
@@ -181,15 +175,17 @@ def fit_authors(law: Any, problems: Sequence[Any], *, delta: float = 1e-3, quiet
             break
         if cost < best:
             best, best_theta, best_before = cost, theta.copy(), before.copy()
-    y_log = np.concatenate([np.log(p.y) for p in original])
-    best_theta, pred, jacs = _evaluated(law, _unscaled(best_theta, k), original)
+    y_log = np.concatenate(log_ys)
+    best_theta = _unscaled(best_theta, k)
+    pred, jac = _evaluated(law, best_theta, original)
     if not _valid(pred) and np.isfinite(best):
         # the code keeps the parameters after the update of the best step; where those predict a non-positive loss
         # (a first step that overshoots a small A), the parameters the best objective was measured at are kept
-        best_theta, pred, jacs = _evaluated(law, _unscaled(best_before, k), original)
+        best_theta = _unscaled(best_before, k)
+        pred, jac = _evaluated(law, best_theta, original)
         reason += "; kept the parameters before the best step's update (those after it predict a loss <= 0)"
     ok = bool(np.isfinite(best) and _valid(pred))
-    final = float(_huber(y_log - np.log(pred), delta).sum()) if ok else float("inf")
+    final = float(huber(y_log - np.log(pred), delta).sum()) if ok else float("inf")
     x0 = _unscaled(np.array([*x1, *START]), k)
     record = {"start": 0, "x0": x0.tolist(), "x": best_theta.tolist(), "cost": final, "lr_rescaled_by": k,
               "status": 0 if ok else -1, "message": reason, "nfev": step + 1, "failed": not ok,
@@ -197,4 +193,4 @@ def fit_authors(law: Any, problems: Sequence[Any], *, delta: float = 1e-3, quiet
     if not ok:
         return FitOutcome(theta=np.full(best_theta.size, np.nan), cost=float("inf"), starts=[record])
     return FitOutcome(theta=best_theta, cost=final, starts=[record], at_bounds=[],
-                      jac=-np.vstack(jacs) / pred[:, None], residuals=y_log - np.log(pred))
+                      jac=-jac / pred[:, None], residuals=y_log - np.log(pred))
