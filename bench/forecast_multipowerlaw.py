@@ -3,7 +3,8 @@
 Split of the authors (their config.py): fit on cosine_24000, constant_24000, wsdcon_9 jointly; predict the six
 other schedules (two of them 3x longer). Metrics as in their evaluation.py: per test curve the mean and the max of
 |L - Lhat| / L over its logged steps, averaged over the six curves. Also: the signed final-step error of each test
-curve, the coverage of 90 % prediction intervals over all test points, fit times, and the evaluation time of
+curve, the coverage of 90 % prediction intervals over all test points, the factor ``x90`` the intervals would have to
+be scaled by to cover exactly 90 % of the test points (1 is perfect calibration), fit times, and the evaluation time of
 the Multi-Power Law done naively (a Python loop over evaluation steps over all earlier steps, O(n^2), as in the
 authors' evaluation code) against losslab's evaluation with its analytic Jacobian.
 
@@ -51,7 +52,7 @@ def metrics(fit, curves) -> dict[str, object]:
     from losslab.forecast.uncertainty import excess
 
     rel, worst, final, inside, n = [], [], {}, 0, 0
-    half_in, half_out, cov_in, cov_out = [], [], [], []
+    half_in, half_out, cov_in, cov_out, ratio = [], [], [], [], []
     for c in curves:
         st = c.measured
         y = c.loss[st - 1]
@@ -61,6 +62,7 @@ def metrics(fit, curves) -> dict[str, object]:
         worst.append(e.max())
         final[c.name] = (pred[-1] - y[-1]) / y[-1]
         ok = (y >= lo) & (y <= hi)
+        ratio.append(np.abs(np.log(y / pred)) / np.log(hi / pred))  # intervals are symmetric in log
         inside += int(np.sum(ok))
         n += y.size
         half = (hi - lo) / 2 / pred
@@ -71,6 +73,7 @@ def metrics(fit, curves) -> dict[str, object]:
         cov_in.append(ok[~far])
         cov_out.append(ok[far])
     return {"mean": float(np.mean(rel)), "worst": float(np.mean(worst)), "final": final, "coverage": inside / n,
+            "scale90": float(np.quantile(np.concatenate(ratio), 0.9)),
             "half_in": float(np.mean(np.concatenate(half_in))) if np.concatenate(half_in).size else float("nan"),
             "half_out": float(np.mean(np.concatenate(half_out))) if np.concatenate(half_out).size else float("nan"),
             "cov_in": float(np.mean(np.concatenate(cov_in))) if np.concatenate(cov_in).size else float("nan"),
@@ -119,14 +122,14 @@ def main() -> int:
         results = {"MPL, authors' params (our eval)": metrics(repo, test)}
         for law in [*LAWS, "auto"]:
             results[f"{law}" + (f" -> {fits[law].law}" if law == "auto" else "")] = metrics(fits[law], test)
-        print(f"{'law':34s} {'fit s':>7s} {'test mean':>10s} {'test worst':>10s} {'90% cover':>9s} {'in/out cover':>13s} {'half-w in/out':>15s}")
+        print(f"{'law':34s} {'fit s':>7s} {'test mean':>10s} {'test worst':>10s} {'90% cover':>9s} {'in/out cover':>13s} {'half-w in/out':>15s} {'x90':>5s}")
         for name, _, m, w in rows:
             print(f"{name:34s} {'':>7s} {100 * m:9.3f}% {100 * w:9.3f}%")
         for name, r in results.items():
             key = name.split()[0]
             t = np.median(times[key]) if key in times else (t_auto if key == "auto" else float("nan"))
             print(f"{name:34s} {t:7.2f} {100 * r['mean']:9.3f}% {100 * r['worst']:9.3f}% {100 * r['coverage']:8.1f}% {100 * r['cov_in']:6.1f}/{100 * r['cov_out']:5.1f}% "
-                  f"{100 * r['half_in']:6.3f}/{100 * r['half_out']:6.3f}%")
+                  f"{100 * r['half_in']:6.3f}/{100 * r['half_out']:6.3f}% {r['scale90']:5.2f}")
         print("(fit with interval calibration: " + ", ".join(f"{k} {v:.2f} s" for k, v in t_cal.items())
               + f"; auto incl. calibration: {t_auto:.2f} s)")
         sel = fits["auto"].diagnostics["selection"]
