@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# property tests draw the same examples on every run: a failure is reproducible and CI cannot flake
+settings.register_profile("losslab", derandomize=True, print_blob=True)
+settings.load_profile("losslab")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -37,10 +37,10 @@ def _build(name, params, **override):
     return opt
 
 
-def _quadratic_params():
+def _quadratic_params(dtype=torch.float64):
     g = torch.Generator().manual_seed(0)
-    return [torch.nn.Parameter(torch.randn(4, 3, generator=g, dtype=torch.float64)),
-            torch.nn.Parameter(torch.randn(5, generator=g, dtype=torch.float64))]
+    return [torch.nn.Parameter(torch.randn(4, 3, generator=g, dtype=torch.float64).to(dtype)),
+            torch.nn.Parameter(torch.randn(5, generator=g, dtype=torch.float64).to(dtype))]
 
 
 def _quadratic_loss(ps):
@@ -91,9 +91,11 @@ def _run_steps(name, ps, opt, steps, seed):
         _step(opt, torch.tensor(1.0 + torch.rand((), generator=g).item(), dtype=torch.float64))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name", NAMES)
-def test_state_dict_round_trip_continues_bit_identically(name):
-    ps = _quadratic_params()
+def test_state_dict_round_trip_continues_bit_identically(name, dtype):
+    # float32 too: torch casts floating state to the parameter's dtype on load, which must not change the run
+    ps = _quadratic_params(dtype)
     opt = _build(name, ps)
     _run_steps(name, ps, opt, 7, seed=1)
     buf = io.BytesIO()

@@ -50,7 +50,8 @@ def test_sam_perturbation_does_not_depend_on_the_gradient_scale(shape, seed, sca
     out = []
     for s in (1.0, scale):
         w = torch.nn.Parameter(w0.clone())
-        opt = SAM([w], torch.optim.SGD, rho=0.1, adaptive=adaptive, lr=0.1)
+        # eps=1e-300: the rule itself is scale-free; the default eps changes e by eps / ||g||, relative
+        opt = SAM([w], torch.optim.SGD, rho=0.1, adaptive=adaptive, lr=0.1, eps=1e-300)
         w.grad = g * s
         opt.first_step()
         out.append(w.detach().clone())

@@ -100,6 +100,9 @@ def params_with_grad(group: dict[str, Any]) -> list[torch.Tensor]:
         if p.grad.is_sparse:
             raise ConfigError("sparse gradients are not supported by losslab optimizers; use torch.optim.SparseAdam "
                               "or a dense embedding (sparse=False)")
+        if p.is_complex():
+            raise ConfigError("complex parameters are not supported by losslab optimizers (their update rules are "
+                              "written for real numbers); optimise torch.view_as_real(p) of a real parameter instead")
         out.append(p)
     return out
 

@@ -18,9 +18,21 @@ _REFERENCE = ("Fabian Schaipp, Ruben Ohana, Michael Eickenberg, Aaron Defazio, R
               "Models for Adaptive Learning Rates\", arXiv:2305.07583, 2023")
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def _vdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """<a, b> over all entries, accumulated in float64."""
+    """<a, b> over all entries as a float64 scalar; 16-bit tensors are summed in float32 (float16 overflows at 65504)."""
+    if a.dtype in _HALF:
+        a, b = a.float(), b.float()
     return torch.dot(a.reshape(-1), b.reshape(-1)).to(torch.float64)
+
+
+def _adam_denom(v: torch.Tensor, bias_correction: float, eps: float) -> torch.Tensor:
+    """``sqrt(v / bias_correction) + eps``, in float32 for 16-bit ``v`` (eps = 1e-8 rounds to 0 in float16)."""
+    if v.dtype in _HALF:
+        v = v.float()
+    return v.div(bias_correction).sqrt_().add_(eps)
 
 
 def _totals(sums: list[torch.Tensor]) -> tuple[float, float, float]:
@@ -86,6 +98,12 @@ class _MomoBase(Optimizer):
         if extra is None:
             raise ConfigError(f"{type(self).__name__}.load_state_dict: no 'momo' entry; save with its state_dict()")
         super().load_state_dict(state_dict)
+        # torch casts floating state to the parameter's dtype; the running <w, g> is float64: take the saved value
+        saved = state_dict["state"]
+        ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        for i, p in zip(ids, (p for group in self.param_groups for p in group["params"])):
+            if "grad_dot_w" in saved.get(i, {}):
+                self.state[p]["grad_dot_w"] = saved[i]["grad_dot_w"].to(device=p.device, dtype=torch.float64, copy=True)
         self._number_steps = int(extra["number_steps"])
         self.loss_avg = extra["loss_avg"]
         self.lb = float(extra["lb"])
@@ -138,7 +156,7 @@ class MoMo(_MomoBase):
         sums over all groups; with ``use_fstar`` the bound is updated after each group. ``||d|| = 0`` gives
         ``τ = η/ρ`` (and a zero step), as Python's ``min`` does in their code. Differences: parameters without a
         gradient are skipped (the authors' code fails on them) and start their averages at their first gradient;
-        sums are accumulated in float64; a non-finite loss raises :class:`~losslab.DataError` and changes nothing.
+        the sums are float64 (16-bit tensors are reduced in float32 first); a non-finite loss raises :class:`~losslab.DataError` and changes nothing.
         ``step`` makes one host sync per param group (the step size is a Python number, as in the authors' code).
         Not in pytorch-optimizer; optax has ``optax.contrib.momo``.
     """
@@ -242,7 +260,10 @@ class MoMoAdam(_MomoBase):
         Reproduced from the authors' code: the loss average uses ``β1`` of the last param group; the sums use each
         parameter's own step in ``D`` while the update uses the optimizer's step count (they differ only for
         parameters that skipped steps). Differences: their ``γ`` is a float32 scalar whatever the parameter dtype;
-        here sums and ``γ`` are float64. A non-finite loss raises :class:`~losslab.DataError` and changes nothing.
+        here sums and ``γ`` are float64, and for 16-bit parameters ``sqrt(v) + eps`` is computed in float32 (``eps``
+        = 1e-8 is 0 in float16). The moments are stored in the parameter's dtype, so float16 parameters lose small
+        squared gradients to underflow: keep float32 master weights (AMP) there. A non-finite loss raises
+        :class:`~losslab.DataError` and changes nothing.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
@@ -276,7 +297,7 @@ class MoMoAdam(_MomoBase):
                 d.mul_(beta1).add_(grad, alpha=1 - beta1)
                 v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 state["grad_dot_w"].mul_(beta1).add_(_vdot(p, grad), alpha=1 - beta1)
-                denom = v.div(1 - beta2 ** state["step"]).sqrt_().add_(group["eps"])
+                denom = _adam_denom(v, 1 - beta2 ** state["step"], group["eps"])
                 sums.append(torch.stack([_vdot(p, d), state["grad_dot_w"], _vdot(d, d.div(denom))]).cpu())
         self.loss_avg = (1 - beta1) * value + beta1 * self.loss_avg
         dot_f, gamma_f, norm_f = _totals(sums)
@@ -297,10 +318,10 @@ class MoMoAdam(_MomoBase):
             self.last_step_size = tau
             for p in params_with_grad(group):
                 state = self.state[p]
-                denom = state["grad_avg_sq"].div(bias_correction2).sqrt_().add_(eps)
+                denom = _adam_denom(state["grad_avg_sq"], bias_correction2, eps)
                 if lmbda > 0 and not self.divide:
                     p.mul_(1 - lmbda * lr)
-                p.addcdiv_(state["grad_avg"], denom, value=-tau)
+                p.add_(state["grad_avg"].div(denom), alpha=-tau)
                 if lmbda > 0 and self.divide:
                     p.div_(1 + lmbda * lr)
         return loss

@@ -23,7 +23,12 @@ def orthogonalize_(params: Iterable[torch.Tensor]) -> None:
         g = p.grad
         if g is None or g.numel() == 0:
             continue
-        w, flat = p.reshape(-1), g.view(-1) if g.is_contiguous() else g.reshape(-1)
+        if p.is_complex():
+            raise ConfigError("OrthoGrad: complex parameters are not supported (the projection is written for real "
+                              "numbers); optimise torch.view_as_real(p) of a real parameter instead")
+        w, flat = p.reshape(-1), g.reshape(-1)
+        if flat.dtype in (torch.float16, torch.bfloat16):  # w.w overflows float16 at 65504: work in float32
+            w, flat = w.float(), flat.float()
         g_norm = torch.linalg.vector_norm(flat)
         proj = torch.dot(w, flat) / (torch.dot(w, w) + 1e-30)
         g_orth = flat - proj * w

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,7 +32,8 @@ class SAM(Wrapper):
         opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
         loss_fn(model(x), y).backward();  opt.first_step(zero_grad=True)
         loss_fn(model(x), y).backward();  opt.second_step(zero_grad=True)
-        # or, with the gradient at w already computed: opt.step(closure) where closure does forward + backward
+        # or opt.step(closure), closure = forward + backward; the gradient at w is the one already there, or,
+        # when there is none (opt.zero_grad() before), the closure is run at w first
 
     Gradient accumulation: accumulate ``.backward()`` over micro-batches before each of the two steps.
     AMP: ``first_step`` may run on *scaled* gradients (``e`` does not depend on the gradient scale; a non-finite
@@ -80,7 +82,8 @@ class SAM(Wrapper):
         owner = type(self).__name__
         check_number(owner, "rho", rho, low=0.0)
         check_bool(owner, "adaptive", adaptive)
-        check_number(owner, "eps", eps, low=0.0)
+        check_number(owner, "eps", eps, low=0.0, low_open=True,
+                     hint="eps keeps rho / (||g|| + eps) finite when the gradient is zero; use e.g. 1e-12")
         if not callable(base_optimizer) or isinstance(base_optimizer, torch.optim.Optimizer):
             raise ConfigError(f"{owner}: base_optimizer={base_optimizer!r} is invalid: pass an optimizer class such as "
                               "torch.optim.SGD (with its arguments as keywords), not an instance")
@@ -150,12 +153,22 @@ class SAM(Wrapper):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """With a closure: first step, closure (forward + backward at ``w + e``), second step. Without: second step."""
+        """With a closure: first step, closure (forward + backward at ``w + e``), second step. Without: second step.
+
+        The first step needs the gradient at ``w``: if there is none (no parameter has a gradient, or all are zero),
+        the closure is run at ``w`` first.
+        Returns the closure's loss at ``w + e``. A base optimizer whose ``step`` takes the loss (MoMo) gets it.
+        """
         if closure is None:
             return self.second_step()
+        if not bool(self._grad_norm() > 0):  # no gradient at w yet (zero_grad before step): compute it
+            closure_loss(closure)
         self.first_step(zero_grad=True)
         loss = closure_loss(closure)
-        self.second_step()
+        if "loss" in inspect.signature(self.base_optimizer.step).parameters:
+            self.second_step(loss=loss)
+        else:
+            self.second_step()
         return loss
 
     def state_dict(self) -> dict[str, Any]:

@@ -112,7 +112,9 @@ class SCALE(Optimizer):
                 p.mul_(1 - lr * wd)
                 p.add_(u, alpha=-lr)
             beta1, beta2 = group["adamw_betas"]
-            adam_lr = (group["adam_lr"] / self.max_lr) * lr
+            # lr_0 is the schedule's base rate: a scheduler records it as initial_lr (schedule_scheduler sets it to
+            # the peak), otherwise it is the constructor's lr
+            adam_lr = (group["adam_lr"] / group.get("initial_lr", self.max_lr)) * lr
             for p in (q for q in params if q.ndim < 2):
                 g = p.grad
                 assert g is not None

@@ -46,7 +46,9 @@ class SGDSaI(Optimizer):
 
     References:
         Minghao Xu, Lichuan Xiang, Xu Cai, Hongkai Wen, "No More Adam: Learning Rate Scaling at Initialization is
-        All You Need", arXiv:2412.11768, 2024. Code: AnonymousAlethiometer/SGD_SaI (``sgd_sai/sgd_sai.py``).
+        All You Need", arXiv:2412.11768, 2024. Code: AnonymousAlethiometer/SGD_SaI (``sgd_sai/sgd_sai.py``),
+        v1.0.3 at commit e213080 (2024-12-17), ``s = ||g|| / (std(g) + eps)``, followed here; later versions divide
+        the SNR by the largest one across tensors (v1.0.4) or use ``sqrt(numel)`` (v1.1.0).
 
     Notes:
         As in the authors' code: a one-element tensor (std NaN → 0) or a constant gradient gets ``s = ||g||/ε``
@@ -66,7 +68,8 @@ class SGDSaI(Optimizer):
         owner = type(self).__name__
         check_number(owner, "lr", group["lr"], low=0.0)
         check_number(owner, "momentum", group["momentum"], low=0.0, high=1.0, high_open=True)
-        check_number(owner, "eps", group["eps"], low=0.0)
+        check_number(owner, "eps", group["eps"], low=0.0, low_open=True,
+                     hint="eps keeps ||g|| / (std(g) + eps) finite for one-element or constant gradients; use e.g. 1e-8")
         check_number(owner, "weight_decay", group["weight_decay"], low=0.0)
 
     @torch.no_grad()
