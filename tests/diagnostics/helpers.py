@@ -16,6 +16,12 @@ def bn_net(seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
     return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Dropout(0.0), nn.Linear(4, 2)).to(dtype)
 
 
+def dropout_net(seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
+    """An MLP with an active Dropout(0.5): in train mode its forward pass draws from the RNG."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 2)).to(dtype)
+
+
 def regression_batch(seed: int = 1, n: int = 16, dtype: torch.dtype = torch.float64):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, generator=g, dtype=dtype), torch.randn(n, 2, generator=g, dtype=dtype)

@@ -4,6 +4,13 @@ Every routine evaluates ``loss_fn(model, batch) -> scalar tensor`` without side 
 as BatchNorm running statistics are cloned, every sub-module's ``training`` flag is restored) and every stochastic
 routine takes ``seed=`` (an int or a :class:`torch.Generator`; the global RNG is never used).
 
+Random draws of the model itself (dropout masks with ``mode="train"``, or ``"current"`` on a model in train mode)
+come from a private copy of the global RNG, seeded afresh for every model call and restored afterwards (CPU and the
+model's CUDA devices): the caller's RNG state is bit-identical after any diagnostic, so measuring mid-training does
+not change the run, and results are reproducible. :class:`HessianOperator` and :class:`DatasetHessianOperator`
+take ``seed=`` for these masks (batch ``i`` of a dataset operator uses ``seed + i`` in every product, so the
+operator is one fixed symmetric matrix); every other model call uses the fixed seed ``0``.
+
 - Hessian: :class:`HessianOperator`, :class:`DatasetHessianOperator`, :func:`hvp`, :func:`lanczos`,
   :func:`power_iteration`,  :func:`hutchinson_trace`, :func:`spectral_density`, :func:`classwise_spectra`.
 - Landscapes: :func:`random_direction`, :func:`hessian_directions`, :func:`loss_line`, :func:`loss_plane`,

@@ -1,19 +1,24 @@
 """Shared plumbing of the diagnostics: argument checks, seeded generators and side-effect-free model evaluation.
 
-Every routine that runs a model goes through :func:`evaluate_loss`, which
+Every routine that runs a model goes through :func:`call_model` (or :func:`evaluate_loss`, which checks the loss),
+which
 
 - calls the model through :func:`torch.func.functional_call` with *cloned* buffers, so BatchNorm running statistics
   (and ``num_batches_tracked``) of the user's model are never touched, whatever mode the model is in;
 - switches every sub-module to the requested mode (``"eval"`` by default, like Li et al.'s ``net.eval()``) and
   restores each sub-module's own ``training`` flag afterwards, even on error (PyHessian calls ``model.eval()``
   and leaves it so);
+- runs the forward pass under :func:`private_rng`: a private copy of the global RNG (CPU and the CUDA devices of
+  the model and the batch) seeded with a fixed seed (:data:`MODEL_SEED` unless the caller passes one), so random
+  draws of the forward pass (dropout masks, RReLU slopes, noise inside ``loss_fn``) are reproducible and the
+  caller's RNG state is bit-identical afterwards (running a diagnostic mid-training does not change the run);
 - checks that the loss is a finite scalar.
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,6 +31,9 @@ LossFn = Callable[[nn.Module, Any], torch.Tensor]
 Seed = int | torch.Generator
 
 _MODES = ("eval", "train", "current")
+
+MODEL_SEED = 0
+"""Seed of the private RNG of every model call that is not given one (see :func:`private_rng`)."""
 
 
 def make_generator(seed: Any, *, name: str = "seed") -> torch.Generator:
@@ -42,6 +50,19 @@ def make_generator(seed: Any, *, name: str = "seed") -> torch.Generator:
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int(seed))
     return gen
+
+
+def model_seed(seed: Any, *, name: str = "seed") -> int:
+    """An int seed for :func:`private_rng`: ``seed`` itself (checked) or one int drawn from a generator."""
+    if isinstance(seed, torch.Generator):
+        return int(torch.randint(0, 2**62, (), generator=seed))
+    make_generator(seed, name=name)  # the same checks (non-negative int) and error messages
+    return int(seed)
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The private-RNG seed of batch ``index`` of an operator seeded with ``seed``: ``seed + index`` (mod 2**64)."""
+    return (seed + index) % 2**64
 
 
 def check_int(value: Any, name: str, *, low: int = 1, high: int | None = None, hint: str = "") -> int:
@@ -182,21 +203,49 @@ def trainable_names(model: nn.Module, params: Any = None) -> list[str]:
     return names
 
 
+def cuda_devices(*groups: Iterable[torch.Tensor]) -> list[int]:
+    """Sorted indices of the CUDA devices that hold any of the given tensors."""
+    return sorted({t.get_device() for group in groups for t in group if t.is_cuda})
+
+
+@contextmanager
+def private_rng(seed: int, devices: list[int]) -> Iterator[None]:
+    """Run the block on a private copy of the global RNG (CPU and the CUDA ``devices``) seeded with ``seed``.
+
+    The states of the CPU generator and of each listed CUDA generator are saved, set to ``seed`` for the block and
+    restored afterwards (:func:`torch.random.fork_rng`), also on error: the caller's RNG is untouched and the
+    block's random draws depend on ``seed`` only.
+    """
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        for index in devices:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
 def call_model(model: nn.Module, fn: Callable[[nn.Module, Any], Any], batch: Any,
-               params: Mapping[str, torch.Tensor] | None = None, mode: str = "eval") -> Any:
-    """``fn(model, batch)`` with parameters replaced by ``params`` and buffers cloned; restores the mode."""
+               params: Mapping[str, torch.Tensor] | None = None, mode: str = "eval", *,
+               seed: int = MODEL_SEED) -> Any:
+    """``fn(model, batch)`` with parameters replaced by ``params`` and buffers cloned; restores the mode.
+
+    The call runs under :func:`private_rng` seeded with ``seed``: the same call twice draws the same dropout masks,
+    and the caller's global RNG (CPU and the CUDA devices of the model and the batch) is left as it was.
+    """
     wrapper = _LossModule(model, fn)
     tensors: dict[str, torch.Tensor] = {f"model.{n}": b.clone() for n, b in model.named_buffers()}
     if params is not None:
         tensors.update({f"model.{n}": t for n, t in params.items()})
-    with model_mode(model, mode):
+    devices = cuda_devices(model.parameters(), tensors.values(), iter_tensors(batch))
+    with model_mode(model, mode), private_rng(seed, devices):
         return torch.func.functional_call(wrapper, tensors, (batch,))
 
 
 def evaluate_loss(model: nn.Module, loss_fn: LossFn, batch: Any,
-                  params: Mapping[str, torch.Tensor] | None = None, mode: str = "eval") -> torch.Tensor:
-    """The finite scalar ``loss_fn(model, batch)`` at ``params`` without side effects on the model."""
-    return check_loss(call_model(model, loss_fn, batch, params, mode))
+                  params: Mapping[str, torch.Tensor] | None = None, mode: str = "eval", *,
+                  seed: int = MODEL_SEED) -> torch.Tensor:
+    """The finite scalar ``loss_fn(model, batch)`` at ``params`` without side effects on the model or the RNG."""
+    return check_loss(call_model(model, loss_fn, batch, params, mode, seed=seed))
 
 
 def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -11,11 +11,13 @@ from torch import nn
 from losslab._errors import ConfigError, DataError
 from losslab.diagnostics._common import (
     LossFn,
+    batch_seed,
     check_batch,
     check_loss_fn,
     check_model,
     evaluate_loss,
     flatten,
+    model_seed,
     trainable_names,
     unflatten,
 )
@@ -46,6 +48,11 @@ class HessianOperator:
     Side effects: none. Buffers are cloned (BatchNorm running statistics stay bit-identical even in train mode)
     and the ``training`` flag of every sub-module is restored (see :mod:`losslab.diagnostics._common`).
 
+    Randomness: the forward pass runs on a private copy of the global RNG (CPU and the model's CUDA devices)
+    seeded with ``seed``, so with ``mode="train"`` (or ``"current"`` on a model in train mode) the dropout masks are
+    fixed by ``seed`` and the operator is the Hessian of the loss with those masks. The caller's global RNG state
+    is left bit-identical, so measuring mid-training does not change the rest of the run.
+
     Args:
         model: the network.
         loss_fn: ``loss_fn(model, batch) -> scalar tensor`` (the mean loss of the batch, typically).
@@ -53,10 +60,12 @@ class HessianOperator:
         params: names of the parameters to differentiate (default: every parameter with ``requires_grad``).
         mode: ``"eval"`` (default; dropout off, BatchNorm uses running statistics), ``"train"`` (the training-mode
             loss, BatchNorm uses batch statistics) or ``"current"`` (the model's own flags).
+        seed: int (default 0) or :class:`torch.Generator` (one int is drawn from it) seeding the private RNG of the
+            forward pass (dropout masks); irrelevant when the forward pass draws no random numbers.
 
     Attributes:
         n: number of differentiated scalars; ``loss``: the loss value; ``grad``: the flat gradient (detached);
-        ``n_matvec``: Hessian-vector products taken so far.
+        ``n_matvec``: Hessian-vector products taken so far; ``seed``: the int seed of the forward pass.
 
     Example:
         >>> import torch
@@ -75,14 +84,15 @@ class HessianOperator:
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, batch: Any, *, params: Any = None,
-                 mode: str = "eval") -> None:
+                 mode: str = "eval", seed: int | torch.Generator = 0) -> None:
         check_model(model)
         check_loss_fn(loss_fn)
         check_batch(batch)
+        self.seed = model_seed(seed)
         self.names = trainable_names(model, params)
         named = dict(model.named_parameters())
         self._leaves = [named[n].detach().clone().requires_grad_(True) for n in self.names]
-        loss = evaluate_loss(model, loss_fn, batch, dict(zip(self.names, self._leaves)), mode)
+        loss = evaluate_loss(model, loss_fn, batch, dict(zip(self.names, self._leaves)), mode, seed=self.seed)
         self.loss = float(loss.item())
         self.n = int(sum(t.numel() for t in self._leaves))
         self.device = self._leaves[0].device
@@ -140,10 +150,18 @@ class DatasetHessianOperator:
     With ``weights=None`` the weights are the batches' sizes (first dimension of the first tensor) over their total,
     so the operator is the Hessian of the mean loss over all samples when ``loss_fn`` returns a per-batch mean.
 
+    Randomness: the forward pass of batch ``i`` runs on a private copy of the global RNG seeded with
+    ``seed + i`` (mod 2**64), at construction and again in every product, so every product sees the same dropout
+    masks (``mode="train"`` or ``"current"``): the operator is one fixed symmetric matrix, the Hessian of the loss
+    with those masks, and Lanczos on it is reproducible. The caller's global RNG (CPU and CUDA) is untouched. With
+    a single batch the operator equals ``HessianOperator(model, loss_fn, batch, seed=seed)``.
+
     Args:
         model, loss_fn, params, mode: as in :class:`HessianOperator`.
         batches: a non-empty sequence of batches.
         weights: optional weights, one per batch.
+        seed: int (default 0) or :class:`torch.Generator` (one int is drawn from it at construction); batch ``i``
+            is seeded with ``seed + i``. The int is kept as the attribute ``seed``.
 
     Example:
         >>> import torch
@@ -159,7 +177,7 @@ class DatasetHessianOperator:
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, batches: Any, *, weights: Any = None, params: Any = None,
-                 mode: str = "eval") -> None:
+                 mode: str = "eval", seed: int | torch.Generator = 0) -> None:
         check_model(model)
         check_loss_fn(loss_fn)
         if not isinstance(batches, (list, tuple)) or len(batches) == 0:
@@ -179,20 +197,24 @@ class DatasetHessianOperator:
             if len(w) != len(batches) or not all(x == x and abs(x) != float("inf") for x in w):
                 raise ConfigError("weights must be finite numbers, one per batch")
         self.model, self.loss_fn, self.batches, self.weights = model, loss_fn, list(batches), w
-        self.params, self.mode = params, mode
-        first = HessianOperator(model, loss_fn, self.batches[0], params=params, mode=mode)
+        self.params, self.mode, self.seed = params, mode, model_seed(seed)
+        first = self._batch_operator(0)
         self.names, self.n, self.device, self.dtype = first.names, first.n, first.device, first.dtype
         self._like = first._leaves
-        losses = [first.loss] + [HessianOperator(model, loss_fn, b, params=params, mode=mode).loss
-                                 for b in self.batches[1:]]
+        losses = [first.loss] + [self._batch_operator(i).loss for i in range(1, len(self.batches))]
         self.loss = float(sum(wi * li for wi, li in zip(w, losses)))
         self.n_matvec = 0
 
+    def _batch_operator(self, index: int) -> HessianOperator:
+        """The Hessian of batch ``index``, its forward pass seeded with ``seed + index`` (the same masks each time)."""
+        return HessianOperator(self.model, self.loss_fn, self.batches[index], params=self.params, mode=self.mode,
+                               seed=batch_seed(self.seed, index))
+
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        r""":math:`\sum_b w_b H_b v` (float64)."""
+        r""":math:`\sum_b w_b H_b v` (float64); every product uses the same per-batch seeds, hence the same masks."""
         out = torch.zeros(self.n, dtype=torch.float64, device=self.device)
-        for wb, b in zip(self.weights, self.batches):
-            out += wb * HessianOperator(self.model, self.loss_fn, b, params=self.params, mode=self.mode).matvec(v)
+        for i, wb in enumerate(self.weights):
+            out += wb * self._batch_operator(i).matvec(v)
         self.n_matvec += 1
         return out
 
@@ -261,11 +283,11 @@ def as_operator(op: Any) -> LinearOperatorLike:
 
 
 def hvp(model: nn.Module, loss_fn: LossFn, batch: Any, vector: torch.Tensor | dict[str, torch.Tensor], *,
-        mode: str = "eval") -> dict[str, torch.Tensor]:
+        mode: str = "eval", seed: int | torch.Generator = 0) -> dict[str, torch.Tensor]:
     r"""One Hessian-vector product :math:`Hv` of ``loss_fn(model, batch)``, shaped like the parameters.
 
     Args:
-        model, loss_fn, batch, mode: as in :class:`HessianOperator`.
+        model, loss_fn, batch, mode, seed: as in :class:`HessianOperator`.
         vector: a flat tensor of length ``n`` or a ``{parameter name: tensor}`` dict covering every trainable
             parameter.
 
@@ -282,7 +304,7 @@ def hvp(model: nn.Module, loss_fn: LossFn, batch: Any, vector: torch.Tensor | di
     References:
         Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation, 1994.
     """
-    op = HessianOperator(model, loss_fn, batch, mode=mode)
+    op = HessianOperator(model, loss_fn, batch, mode=mode, seed=seed)
     if isinstance(vector, dict):
         missing = [n for n in op.names if n not in vector]
         if missing:
