@@ -223,6 +223,16 @@ SCHEDULE_KINDS: dict[str, Callable[..., np.ndarray]] = {
 _SPEC_ALIASES = {"final": "final_ratio", "lr": "peak", "total": "steps"}
 
 
+MAX_STEPS = 100_000_000  # per-step arrays above this need gigabytes; no training run logs that many steps
+
+
+def check_step_count(n: int, what: str) -> None:
+    """Refuse a step count above :data:`MAX_STEPS` (usually a token or sample count given as steps)."""
+    if n > MAX_STEPS:
+        raise ConfigError(f"{what} has {n:,} steps, more than losslab's limit of {MAX_STEPS:,} (one float64 per step "
+                          f"would need {8 * n / 1e9:.0f} GB); check the number: is it a token or sample count?")
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A named schedule with its parameters; callable on steps (scalars or arrays).
@@ -264,6 +274,7 @@ class Schedule:
         n = self.steps if total is None else int(total)
         if n < 1:
             raise ConfigError(f"total must be >= 1, got {total!r}")
+        check_step_count(n, "the schedule")
         return self(np.arange(1, n + 1))
 
     def multiplier(self, index: int) -> float:

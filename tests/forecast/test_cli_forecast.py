@@ -287,3 +287,52 @@ def test_fit_mpl_with_the_authors_procedure_and_predict(tmp_path):
 def test_unknown_mpl_method_is_one_line(capsys):
     _one_line_error(capsys, ["forecast", "fit", str(DEMO / "constant.csv"), "--law", "mpl", "--law-option",
                              "method=adam", "-o", "f.json"], "method must be one of gauss-newton, authors")
+
+
+# ------------------------------------------------------------------------------------ outputs: all or nothing
+def test_a_bad_plot_name_fails_before_any_output_is_written(fit_json, tmp_path, capsys):
+    out = tmp_path / "pred.csv"
+    _one_line_error(capsys, ["forecast", "predict", str(fit_json), "--schedule", "cosine:peak=1e-3,steps=50",
+                             "-o", str(out), "--plot", str(tmp_path / "pred.xyz")], "not an image format")
+    assert not out.exists()
+    _one_line_error(capsys, ["forecast", "fit", str(DEMO / "constant.csv"), "--law", "power", "-o",
+                             str(tmp_path / "f.json"), "--plot", str(tmp_path)], "it is a folder")
+    assert not (tmp_path / "f.json").exists()
+
+
+def test_outputs_go_to_new_folders_and_leave_no_temporary_files(fit_json, tmp_path, capsys):
+    out, png = tmp_path / "a" / "pred.csv", tmp_path / "b" / "c" / "pred.png"
+    assert main(["--quiet", "forecast", "predict", str(fit_json), "--schedule", "cosine:peak=1e-3,steps=50",
+                 "-o", str(out), "--plot", str(png)]) == 0
+    assert out.read_text().startswith("step,loss,lower,upper\n1,") and png.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["pred.csv", "pred.png"]
+
+
+def test_non_utf8_run_file_is_one_line_naming_the_line(tmp_path, capsys):
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes("step,lr,loss\n1,0.1,3.0\n2,0.1,2.9 é\n".encode("latin-1"))
+    _one_line_error(capsys, ["forecast", "fit", str(bad), "-o", str(tmp_path / "f.json")],
+                    "latin1.csv: line 3 is not UTF-8")
+
+
+def test_step_counts_beyond_the_limit_are_refused_before_allocating(fit_json, tmp_path, capsys):
+    huge = tmp_path / "huge.csv"
+    huge.write_text("step,lr,loss\n1,0.1,3.0\n2,0.1,2.9\n10000000000,0.01,2.0\n")
+    _one_line_error(capsys, ["forecast", "fit", str(huge), "-o", str(tmp_path / "f.json")],
+                    "huge.csv: line 4: step 10,000,000,000 is above")
+    _one_line_error(capsys, ["forecast", "predict", str(fit_json), "--schedule", "cosine:peak=1e-3,steps=10000000000"],
+                    "more than losslab's limit")
+    _one_line_error(capsys, ["forecast", "plan", str(fit_json), "--steps", "10000000000"], "more than losslab's limit")
+
+
+def test_plan_with_no_room_for_a_decay(fit_json, capsys):
+    _one_line_error(capsys, ["forecast", "plan", str(fit_json), "--steps", "1"], "steps=1 leaves no room")
+
+
+def test_a_fit_file_with_a_non_finite_parameter_is_refused(fit_json, tmp_path, capsys):
+    d = json.loads(fit_json.read_text())
+    d["params"]["L0"] = float("nan")
+    bad = tmp_path / "nan.json"
+    bad.write_text(json.dumps(d))
+    _one_line_error(capsys, ["forecast", "predict", str(bad), "--schedule", "cosine:peak=1e-3,steps=10", "--json"],
+                    "nan.json", "'L0' is nan")

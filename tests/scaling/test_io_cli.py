@@ -98,6 +98,18 @@ def test_file_errors(tmp_path):
         ScalingData.from_columns(synthetic("chinchilla")).drop_highest(300)
 
 
+def test_excel_bom_typos_and_non_utf8_files(tmp_path):
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfparams,tokens,loss,run\n1e6,1e9,3.1,a\n2e6,2e9,2.9,b\n")
+    data = read_runs(tmp_path / "bom.csv")
+    assert data.labels == {"run": ("a", "b")} and np.array_equal(data["params"], [1e6, 2e6])
+    (tmp_path / "typo.csv").write_text("params,tokens,loss\n1e6,1e9,3.1\n2e6,2e9,2.9x\n4e6,4e9,2.7\n")
+    with pytest.raises(DataError, match=r"typo.csv: line 3: column 'loss' holds '2.9x', which is not a number"):
+        read_runs(tmp_path / "typo.csv")
+    (tmp_path / "latin1.csv").write_bytes("params,tokens,loss,run\n1e6,1e9,3.1,é\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.csv: line 2 is not UTF-8"):
+        read_runs(tmp_path / "latin1.csv")
+
+
 def test_save_load_round_trip_keeps_predictions_and_errors(tmp_path):
     fit = fit_scaling_law(synthetic("chinchilla", noise=0.005), starts="coarse", bootstrap=20, quiet=True)
     fit.save(tmp_path / "fit.json")

@@ -65,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = f"cannot read or write {exc.filename!r}: {exc.strerror}"
         print(f"losslab: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except MemoryError:
+        print("losslab: error: out of memory; use fewer steps, points or runs", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("losslab: interrupted", file=sys.stderr)
         return 130

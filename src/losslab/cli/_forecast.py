@@ -16,12 +16,12 @@ import contextlib
 import json
 import sys
 import types
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from losslab._errors import ConfigError, DataError
+from losslab._files import prepare_outputs, prepare_plot, save_figure, write_text
 
 EXIT_USAGE = 2
 
@@ -125,7 +125,7 @@ def _say(text: str) -> None:
 
 
 def _save_figure(fig: Any, path: str) -> None:
-    fig.savefig(path, dpi=110)  # a plain Figure (no pyplot state): nothing to close
+    save_figure(fig, path, dpi=110)  # a plain Figure (no pyplot state): nothing to close
 
 
 def _load_fit(path: str) -> Any:
@@ -158,6 +158,8 @@ def run_fit(args: argparse.Namespace) -> int:
     from losslab.forecast.fit import fit_curves
     from losslab.forecast.io import load_curve
 
+    prepare_outputs(args.output)
+    prepare_plot(args.plot)
     specs = args.schedule or []
     if len(specs) not in (0, 1, len(args.runs)):
         raise ConfigError(f"got {len(specs)} --schedule specs for {len(args.runs)} runs; give one for all runs or "
@@ -193,6 +195,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if not (0.0 < args.level < 1.0):
         raise ConfigError(f"--level must be in (0, 1), got {args.level}; 0.9 gives a 90 % interval")
+    prepare_outputs(args.output)
+    prepare_plot(args.plot)
     fit = _load_fit(args.fit)
     if _looks_like_file(args.schedule):
         lr = load_schedule(args.schedule, steps=args.steps, warmup_steps=args.warmup_steps, lr_fill=args.lr_fill,
@@ -200,6 +204,10 @@ def run_predict(args: argparse.Namespace) -> int:
     else:  # a spec: --warmup-steps / --lr-fill are for reading --measured only
         lr = load_schedule(args.schedule, steps=args.steps)
     loss, lower, upper = (np.asarray(a, dtype=np.float64) for a in fit.predict_interval(lr, level=args.level))
+    if not all(np.all(np.isfinite(a)) for a in (loss, lower, upper)):
+        bad = int(np.flatnonzero(~(np.isfinite(loss) & np.isfinite(lower) & np.isfinite(upper)))[0]) + 1
+        raise DataError(f"{args.fit}: the fitted law predicts no finite loss at step {bad} of this schedule (first of "
+                        "them); check that the schedule's lr is in the fitted range, or fit again")
     measured = None
     if args.measured:
         measured = load_curve(args.measured, warmup_steps=args.warmup_steps, lr_fill=args.lr_fill,
@@ -211,7 +219,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
         _save_figure(plot_loss_prediction(lr, loss, lower, upper, measured=measured, level=args.level), args.plot)
     if args.json:
-        print(json.dumps(prediction_dict(loss, lower, upper)))
+        print(json.dumps(prediction_dict(loss, lower, upper), allow_nan=False))
         return 0
     summary = _prediction_summary(fit.law, lr, loss, lower, upper, args.level, measured)
     if args.output:
@@ -266,6 +274,8 @@ def measured_errors(measured: Any, loss: np.ndarray, lower: np.ndarray | None = 
 
 def run_plan(args: argparse.Namespace) -> int:
     """``losslab forecast plan``."""
+    prepare_outputs(args.output)
+    prepare_plot(args.plot)
     fit = _load_fit(args.fit)
     from losslab.forecast.plan import plan_schedule
 
@@ -274,7 +284,7 @@ def run_plan(args: argparse.Namespace) -> int:
     best_lr = plan.best.lr(args.steps)
     if args.output:
         lines = ["step,lr", *(f"{i},{v:.10g}" for i, v in enumerate(best_lr, start=1))]
-        Path(args.output).write_text("\n".join(lines) + "\n")
+        write_text(args.output, "\n".join(lines) + "\n")
     if args.plot:
         from losslab.report import plot_schedule_plan
 

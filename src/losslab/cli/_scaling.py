@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from losslab._errors import ConfigError
+from losslab._files import prepare_outputs, prepare_plot, save_figure
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -79,6 +80,8 @@ def _pairs(items: list[str], what: str) -> dict[str, Any]:
 def run_fit(args: argparse.Namespace) -> int:
     from losslab.forecast.scaling import fit_scaling_law, get_law, read_runs, select_checkpoints
 
+    prepare_outputs(args.output)
+    prepare_plot(args.plot)
     law = get_law(args.law, **_pairs(args.set, "--set"))  # unknown law or setting: fail before reading data
     data = read_runs(args.runs)
     if args.drop_highest:
@@ -93,7 +96,7 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.plot:
         from losslab.report.scaling_plots import plot_scaling_fit
 
-        plot_scaling_fit(fit, data).savefig(args.plot)
+        save_figure(plot_scaling_fit(fit, data), args.plot, dpi=100)
     if args.json:
         d = fit.to_dict()
         d["bootstrap"].pop("theta", None)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from losslab._errors import DataError, require
+from losslab._files import read_text_lines
 
 __all__ = ["JSONL_SUFFIXES", "Table", "read_table"]
 
@@ -93,7 +94,7 @@ def _listing(names: list[str], limit: int = 5) -> str:
 def _read_csv(path: Path, loss_key: str, lr_key: str, *, need_lr: bool, need_loss: bool,
               run: str | None = None) -> Table:
     table = Table(str(path), fmt="csv", keys={"loss": loss_key, "lr": lr_key})
-    with path.open(newline="", encoding="utf-8-sig") as fh:
+    with read_text_lines(path) as fh:
         lines = [(n, line) for n, line in enumerate(fh, start=1) if line.strip()]
     if not lines:
         raise DataError(f"{path}: the file is empty; expected a header line 'step,{lr_key},{loss_key}' "
@@ -134,7 +135,7 @@ def _read_jsonl(path: Path, loss_key: str, lr_key: str, *, need_lr: bool, need_l
     table = Table(str(path), fmt="jsonl", keys={"loss": loss_key, "lr": lr_key})
     seen = {"lr": False, "loss": False}
     runs: dict[str, None] = {}
-    with path.open(encoding="utf-8") as fh:
+    with read_text_lines(path) as fh:
         for n, line in enumerate(fh, start=1):
             if not line.strip():
                 continue

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from losslab._errors import ConfigError, DataError, FitError
+from losslab._files import write_text
 from losslab._provenance import provenance
 from losslab.forecast._curve import Curve
 from losslab.forecast._points import MIN_CURVES_FOR_LOCO, Points, check_lr, curve_points, split_tail
@@ -142,13 +143,15 @@ class CurveFit:
         missing = [p for p in law.active_params if p not in fit.params]
         if missing:
             raise DataError(f"malformed curve fit: parameter {missing[0]!r} of law {fit.law!r} is missing; fit again")
+        bad = [k for k, v in fit.params.items() if not np.isfinite(v)]
+        if bad:
+            raise DataError(f"malformed curve fit: parameter {bad[0]!r} is {fit.params[bad[0]]}, not a finite number; "
+                            "the file is damaged or was edited by hand; fit again")
         return fit
 
     def save(self, path: str | Path) -> Path:
         """Write the fit as JSON to ``path`` (returned)."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
-        return path
+        return write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> CurveFit:

@@ -41,9 +41,10 @@ from typing import Any
 import numpy as np
 
 from losslab._errors import ConfigError, DataError
+from losslab._files import write_text
 from losslab.forecast._curve import Curve
 from losslab.forecast._readers import JSONL_SUFFIXES, Table, read_table
-from losslab.schedules import Schedule, parse_schedule
+from losslab.schedules import MAX_STEPS, Schedule, parse_schedule
 
 __all__ = ["LR_FILLS", "load_curve", "load_schedule", "write_prediction_csv"]
 
@@ -158,6 +159,9 @@ def _assemble(t: Table, *, warmup_steps: int | None, lr_fill: str, schedule: Sch
         steps = steps + 1
         meta["zero_based"] = True
     total = int(steps[-1])
+    if total > MAX_STEPS:
+        raise DataError(f"{t.source}: {t.where[-1]}: step {total:,} is above losslab's limit of {MAX_STEPS:,} steps "
+                        "(the lr and loss of every step are kept); is the step column a token or sample count?")
     lr_rows = np.asarray(t.lr, dtype=np.float64)
     if schedule is not None:
         lr = _lr_from_schedule(t, steps, lr_rows, schedule, total, meta)
@@ -326,8 +330,6 @@ def write_prediction_csv(
     step_col = np.arange(1, cols[0].size + 1) if steps is None else np.asarray(steps)
     if step_col.shape != cols[0].shape:
         raise DataError(f"steps has shape {step_col.shape} but the prediction has {cols[0].size} rows")
-    out = Path(path)
     lines = ["step,loss,lower,upper"]
     lines += [f"{int(s)},{a:.10g},{b:.10g},{c:.10g}" for s, a, b, c in zip(step_col, *cols)]
-    out.write_text("\n".join(lines) + "\n")
-    return out
+    return write_text(path, "\n".join(lines) + "\n")

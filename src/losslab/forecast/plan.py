@@ -136,6 +136,9 @@ def plan_schedule(fit: Any, steps: int, family: str = "wsd", *, peak: float | No
         raise ConfigError(f"unknown schedule family {family!r}; choose one of {', '.join(FAMILIES)}")
     if not (isinstance(warmup, (int, np.integer)) and 0 <= warmup < steps):
         raise ConfigError(f"warmup must be an integer in [0, steps={steps}), got {warmup!r}")
+    if steps < warmup + 2:
+        raise ConfigError(f"steps={steps} leaves no room for a decay after a warmup of {warmup} steps; a plan needs at "
+                          f"least warmup + 2 steps: give the run's step budget")
     if peak is None:
         peak = float(fit.settings.get("peak_lr", 0.0)) if getattr(fit, "settings", None) else 0.0
         if not peak > 0:

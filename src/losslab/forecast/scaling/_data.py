@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from losslab._errors import DataError
+from losslab._files import read_text_lines
 
 __all__ = ["ScalingData", "read_runs"]
 
@@ -126,33 +127,42 @@ class ScalingData:
                                 "remove that row or fix the value")
 
 
+def _number(cell: str) -> float | None:
+    """A cell as a float (empty: NaN), or None when it is not a number."""
+    try:
+        return float(cell) if cell else math.nan
+    except ValueError:
+        return None
+
+
 def read_runs(path: str | Path) -> ScalingData:
     """Read a CSV file of runs (header row, one run or checkpoint a row) into :class:`ScalingData`.
 
     Numeric columns become float64 arrays (an empty cell is NaN, caught when a law needs that column); columns
-    with any non-numeric cell are kept as ``labels`` (e.g. a ``run`` or ``model`` name).
+    with mostly non-numeric cells are kept as ``labels`` (e.g. a ``run`` or ``model`` name). A column of numbers
+    with a few non-numeric cells is a typo: DataError naming the line and the cell.
     """
     p = Path(path)
-    with p.open(newline="") as fh:
-        rows = list(csv.reader(fh))
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    with read_text_lines(p) as fh:  # UTF-8 with or without a BOM (Excel writes one)
+        reader = csv.reader(fh)
+        rows = [(reader.line_num, r) for r in reader if any(cell.strip() for cell in r)]
     if not rows:
         raise DataError(f"{p}: the file is empty; expected a header row such as 'params,tokens,loss'")
-    header, body = [h.strip() for h in rows[0]], rows[1:]
+    header, body = [h.strip() for h in rows[0][1]], rows[1:]
     if not body:
         raise DataError(f"{p}: only a header row, no data rows")
     numeric: dict[str, list[float]] = {}
     labels: dict[str, tuple[str, ...]] = {}
     for j, name in enumerate(header):
-        cells = [(r[j].strip() if j < len(r) else "") for r in body]
-        values: list[float] = []
-        for cell in cells:
-            try:
-                values.append(float(cell) if cell else math.nan)
-            except ValueError:
-                break
-        if len(values) == len(cells):
-            numeric[name] = values
+        cells = [(r[j].strip() if j < len(r) else "") for _, r in body]
+        values = [_number(cell) for cell in cells]
+        bad = [i for i, v in enumerate(values) if v is None]
+        if not bad:
+            numeric[name] = [v for v in values if v is not None]
+        elif len(bad) < sum(1 for c in cells if c) / 2:  # a numeric column with a few bad cells: a typo, not labels
+            line, cell = body[bad[0]][0], cells[bad[0]]
+            raise DataError(f"{p}: line {line}: column {name!r} holds {cell!r}, which is not a number (the other rows "
+                            "of the column are numbers); fix the cell or remove the row")
         else:
             labels[_canonical(name)] = tuple(cells)
     data = ScalingData.from_columns(numeric, source=str(p))

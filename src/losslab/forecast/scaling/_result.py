@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from losslab._errors import ConfigError, DataError, LosslabError
+from losslab._files import write_text
 from losslab.forecast.scaling._data import ScalingData
 from losslab.forecast.scaling._law import ScalingLaw
 
@@ -182,7 +183,7 @@ class ScalingFit:
 
     def save(self, path: str | Path) -> None:
         """Write the fit as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+        write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> ScalingFit:
