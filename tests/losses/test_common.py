@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import inspect
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import losslab.losses as L
-from losslab import DataError, LosslabError
+from losslab import ConfigError, DataError, LosslabError
 from tests.losses._specs import DETACHED_BY_DESIGN, SPECS, call
 
 NAMES = L.names()
@@ -215,3 +216,56 @@ def test_non_negative_losses_are_non_negative(scale, seed, name):
     y = torch.randint(0, 4, (5,), generator=g)
     out = L.get(name)(x, y, reduction="none", **NON_NEGATIVE[name])
     assert (out >= -1e-12).all()
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if SPECS[n].class_target_arg is not None])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_class_targets_of_any_integer_dtype_match_int64(name, dtype):
+    # non-int64 targets passed validation, then crashed in gather / one_hot
+    args, kw = _inputs(name)
+    j = SPECS[name].class_target_arg
+    target = args[j]
+    if dtype == torch.uint8 and bool((target < 0).any()):  # -100 does not fit: use 255 as the ignored value
+        target = torch.where(target < 0, torch.full_like(target, 255), target)
+        kw = dict(kw, ignore_index=255)
+    ref = call(name, L.get(name), [*args[:j], target, *args[j + 1:]], kw, reduction="none")
+    out = call(name, L.get(name), [*args[:j], target.to(dtype), *args[j + 1:]], kw, reduction="none")
+    torch.testing.assert_close(out, ref)
+
+
+# one float hyperparameter per loss that takes one (checked by check_number)
+FLOAT_OPTION = {
+    "cross_entropy": ("z_loss", 1e-2), "focal": ("gamma", 2.0), "sigmoid_focal": ("gamma", 2.0),
+    "poly1_cross_entropy": ("epsilon", 2.0), "poly1_focal": ("epsilon", 3.0), "spherical_z_loss": ("b", 0.5),
+    "comp_sum": ("tau", 1.5), "generalized_cross_entropy": ("q", 0.5), "adversarial_comp_sum": ("nu", 0.7),
+    "ldr_kl": ("lam", 0.7), "aldr_kl": ("alpha", 2.0), "linear_cross_entropy": ("label_smoothing", 0.1),
+    "sface": ("s", 8.0), "decoupled_softmax": ("temperature", 0.5), "ensloss": ("lam", 0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT_OPTION))
+def test_numpy_scalars_and_0d_tensors_are_numbers(name):
+    # np.float32(2.0) and 0-d tensors were rejected as "must be a finite number"
+    args, kw = _inputs(name)
+    key, value = FLOAT_OPTION[name]
+    ref = call(name, L.get(name), args, dict(kw, **{key: value}))
+    for same in (np.float32(value), np.float64(value), torch.tensor(value, dtype=torch.float64)):
+        out = call(name, L.get(name), args, dict(kw, **{key: same}))
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-9)  # float32 rounding of np.float32(value)
+        assert out.dtype == ref.dtype
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT_OPTION))
+@pytest.mark.parametrize("bad", ["2", True, np.bool_(True), torch.tensor([1.0, 2.0]), torch.tensor(True), 1 + 2j,
+                                 torch.tensor(1 + 2j), None])
+def test_non_numbers_are_config_errors(name, bad):
+    args, kw = _inputs(name)
+    key, _ = FLOAT_OPTION[name]
+    with pytest.raises(ConfigError, match=key):
+        call(name, L.get(name), args, dict(kw, **{key: bad}))
+
+
+def test_integer_numpy_scalars_are_numbers():
+    args, _ = _inputs("poly1_cross_entropy")
+    torch.testing.assert_close(L.poly1_cross_entropy(*args, epsilon=np.int64(3)),
+                               L.poly1_cross_entropy(*args, epsilon=3.0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -151,3 +152,36 @@ def test_all_targets_ignored_gives_nan_loss_and_zero_gradients_like_torch():
     fused.backward()
     naive.backward()
     assert torch.equal(a.grad, torch.zeros_like(a.grad)) and torch.equal(b.grad, torch.zeros_like(b.grad))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_ignore_index_none_uses_every_row_like_cross_entropy(reduction):
+    # None raised a bare TypeError in torch.where; it means "skip nothing", as in cross_entropy
+    hid, w, b, t = _setup(ignore=False)
+    fused, naive, la, lb, _ = _both(hid, w, b, t, reduction, 4, True, ignore_index=None, z_loss=1e-2)
+    torch.testing.assert_close(fused, naive)
+    for a, c in zip(la, lb):
+        torch.testing.assert_close(a.grad, c.grad)
+    torch.testing.assert_close(L.linear_cross_entropy(hid, w, t, ignore_index=None),
+                               L.linear_cross_entropy(hid, w, t, ignore_index=-100))
+    with pytest.raises(DataError, match=r"class indices in \[-100"):
+        L.linear_cross_entropy(hid, w, _setup()[3], ignore_index=None)  # -100 is now an out-of-range class
+
+
+@pytest.mark.parametrize("bad", [1.5, -100.0, "-100", True, torch.tensor(-100)])
+def test_ignore_index_must_be_an_int_or_none(bad):
+    # 1.5 was silently accepted (nothing ignored)
+    hid, w, _, t = _setup()
+    with pytest.raises(ConfigError, match="ignore_index"):
+        L.linear_cross_entropy(hid, w, t, ignore_index=bad)
+
+
+def test_ignore_index_accepts_numpy_int_and_targets_of_any_integer_dtype():
+    hid, w, _, t = _setup()
+    ref = L.linear_cross_entropy(hid, w, t, chunk_size=4)
+    torch.testing.assert_close(L.linear_cross_entropy(hid, w, t.to(torch.int32), ignore_index=np.int64(-100),
+                                                      chunk_size=4), ref)
+    t255 = t.clone()
+    t255[t255 == -100] = 255
+    torch.testing.assert_close(L.linear_cross_entropy(hid, w, t255.to(torch.uint8), ignore_index=255, chunk_size=4),
+                               ref)

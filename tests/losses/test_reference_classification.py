@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -134,7 +135,7 @@ def _torchvision_sigmoid_focal(inputs, targets, alpha=0.25, gamma=2.0):
     return loss
 
 
-@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 2.0), (0.6, 0.0), (0.25, 1.5)])
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 2.0), (0.6, 0.0), (0.25, 1.5), (0.25, 0.5)])
 def test_sigmoid_focal_matches_torchvision_formula(alpha, gamma):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4, 6, generator=g, dtype=D) * 3
@@ -144,6 +145,33 @@ def test_sigmoid_focal_matches_torchvision_formula(alpha, gamma):
     torch.testing.assert_close(L.sigmoid_focal(x, t, alpha=alpha, gamma=gamma), ref.mean())
     if alpha < 0:
         torch.testing.assert_close(L.sigmoid_focal(x, t, alpha=None, gamma=gamma), ref.mean())
+
+
+def _focal_grad(fn, x, t, dtype):
+    xx = torch.tensor([x], dtype=dtype, requires_grad=True)
+    loss = fn(xx, torch.tensor([t], dtype=dtype), gamma=0.5)
+    loss.backward()
+    return loss.detach(), xx.grad
+
+
+@pytest.mark.parametrize("fn", [L.sigmoid_focal, L.poly1_focal])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("x", [17.0, 40.0, 1e4, -1e4])
+@pytest.mark.parametrize("t", [0.0, 1.0])
+def test_sigmoid_focal_gamma_below_one_has_finite_gradients_for_confident_logits(fn, dtype, x, t):
+    # 1 - p_t written literally rounds to 0 here and 0**0.5 has an infinite derivative (NaN gradient before the fix)
+    loss, grad = _focal_grad(fn, x, t, dtype)
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all(), (loss, grad)
+
+
+@pytest.mark.parametrize("x", [17.0, 40.0])
+def test_sigmoid_focal_keeps_precision_for_confident_correct_logits(x):
+    # exact value 0.25 · log1p(e^{-x}) · σ(-x)^γ; the cancelling 1 - p_t gave 0 in float32 (x = 40: also in float64).
+    # Positive targets only: for t = 0, x < 0 torch's own BCE-with-logits already rounds to 0 in float32.
+    ref = 0.25 * math.log1p(math.exp(-x)) * (1 / (1 + math.exp(x))) ** 0.5
+    for dtype in (torch.float32, torch.float64):
+        loss, _ = _focal_grad(L.sigmoid_focal, x, 1.0, dtype)
+        assert float(loss) == pytest.approx(ref, rel=1e-5)
 
 
 def test_sigmoid_focal_rejects_targets_outside_unit_interval():
@@ -203,7 +231,7 @@ def test_poly1_focal_matches_listing():
     g = torch.Generator().manual_seed(4)
     x = torch.randn(5, 3, generator=g, dtype=D) * 2
     t = (torch.rand(5, 3, generator=g) > 0.5).to(D)
-    for eps, gamma, alpha in [(1.0, 2.0, 0.25), (-1.0, 2.0, -1.0), (0.5, 1.0, 0.5)]:
+    for eps, gamma, alpha in [(1.0, 2.0, 0.25), (-1.0, 2.0, -1.0), (0.5, 1.0, 0.5), (1.0, 0.5, 0.25)]:
         ref = _poly1_focal_listing(x, t, eps, gamma, alpha)
         out = L.poly1_focal(x, t, epsilon=eps, gamma=gamma, alpha=alpha, reduction="none")
         torch.testing.assert_close(out, ref)
@@ -215,6 +243,20 @@ def test_poly_bad_epsilon():
         L.poly1_cross_entropy(x, y, epsilon=-2.0)
     with pytest.raises(ConfigError, match="epsilons"):
         L.poly_cross_entropy(x, y, epsilons=())
+
+
+@pytest.mark.parametrize("bad", ["2", b"2", ["2"], 2.0, [True], [1.0, float("nan")]])
+def test_poly_epsilons_must_be_a_sequence_of_numbers(bad):
+    x, y = _data()
+    with pytest.raises(ConfigError, match="epsilon"):
+        L.poly_cross_entropy(x, y, epsilons=bad)
+
+
+def test_poly_epsilons_accept_numpy_and_tensor_coefficients():
+    x, y = _data()
+    ref = L.poly_cross_entropy(x, y, epsilons=(1.0, 0.5))
+    for eps in (np.array([1.0, 0.5]), torch.tensor([1.0, 0.5]), [np.float32(1.0), np.int64(0) + 0.5]):
+        torch.testing.assert_close(L.poly_cross_entropy(x, y, epsilons=eps), ref)
 
 
 # ------------------------------------------------------------------------------------------- spherical Z-loss
@@ -235,10 +277,28 @@ def test_spherical_z_loss_matches_paper_formula():
 @settings(max_examples=30, deadline=None)
 @given(shift=st.floats(-50, 50), scale=st.floats(1e-2, 1e2), seed=st.integers(0, 1000))
 def test_spherical_z_loss_is_shift_and_scale_invariant(shift, scale, seed):
+    # σ = sqrt(var + ε²) scales with the logits only if ε does too; then the invariance is exact
     x, y = _data(seed=seed)
     base = L.spherical_z_loss(x, y, reduction="none")
-    moved = L.spherical_z_loss(x * scale + shift, y, reduction="none")
+    moved = L.spherical_z_loss(x * scale + shift, y, eps=1e-6 * scale, reduction="none")
     torch.testing.assert_close(moved, base, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spherical_z_loss_zero_logits_give_finite_loss_and_gradient(dtype):
+    # an all-zero row (zero-initialised head) had σ = 0 and gave 0/0 = NaN in value and gradient
+    x = torch.zeros(2, 4, dtype=dtype, requires_grad=True)
+    loss = L.spherical_z_loss(x, torch.tensor([0, 1]), a=2.0, b=0.5)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+    assert float(loss.detach()) == pytest.approx(math.log1p(math.exp(2.0 * 0.5)) / 2.0, rel=1e-6)  # z = 0
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-6, float("inf"), float("nan"), 1e-25, "1e-6", True])
+def test_spherical_z_loss_rejects_bad_eps(eps):
+    x, y = _data()
+    with pytest.raises(ConfigError, match="eps"):
+        L.spherical_z_loss(x, y, eps=eps)
 
 
 def test_spherical_z_loss_equal_logits_do_not_give_nan():
@@ -268,3 +328,26 @@ def test_stablemax_is_continuously_differentiable_at_zero():
     x = torch.tensor([[-1e-7, 0.3], [1e-7, 0.3]], dtype=D, requires_grad=True)
     L.stablemax_cross_entropy(x, torch.tensor([1, 1]), reduction="sum").backward()
     torch.testing.assert_close(x.grad[0], x.grad[1], atol=1e-6, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------- integer target dtypes
+def test_cross_entropy_accepts_uint8_segmentation_targets():
+    # (N, C, H, W) logits with a uint8 (N, H, W) mask: validation passed, then gather crashed on the uint8 index
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 3, 4, 4, generator=g, dtype=D, requires_grad=True)
+    y = torch.randint(0, 3, (2, 4, 4), generator=g, dtype=torch.uint8)
+    out = L.cross_entropy(x, y, reduction="none")
+    torch.testing.assert_close(out, F.cross_entropy(x, y.long(), reduction="none"))
+    L.cross_entropy(x, y).backward()
+    assert torch.isfinite(x.grad).all()
+    y255 = y.clone()
+    y255[0, 0, 0] = 255  # the usual "void" label of uint8 masks
+    torch.testing.assert_close(L.cross_entropy(x, y255, ignore_index=255),
+                               F.cross_entropy(x, y255.long(), ignore_index=255))
+
+
+def test_uint8_class_156_is_not_taken_for_ignore_index_minus_100():
+    # -100 wraps to 156 in uint8 arithmetic; the target must be widened before it is compared with ignore_index
+    x = torch.randn(3, 200, dtype=D, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([156, 3, 199], dtype=torch.uint8)
+    torch.testing.assert_close(L.cross_entropy(x, y, reduction="none"), F.cross_entropy(x, y.long(), reduction="none"))

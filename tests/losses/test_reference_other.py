@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import losslab.losses as L
-from losslab import DataError
+from losslab import ConfigError, DataError
 
 D = torch.float64
 
@@ -65,6 +66,34 @@ def test_number_token_loss_is_zero_without_number_targets_and_validates_the_map(
         L.ntl_mse(logits, labels, number_tokens=torch.tensor([], dtype=torch.long), number_values=torch.tensor([]))
 
 
+@pytest.mark.parametrize("fn", [L.ntl_mse, L.ntl_wasserstein])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
+def test_number_token_ids_of_any_integer_dtype_are_ids_not_a_mask(fn, dtype):
+    # uint8 number_tokens indexed the lookup table as a boolean mask
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(6, 9, generator=g, dtype=D)
+    labels = torch.tensor([3, 4, 0, -100, 8, 5])
+    tokens = torch.tensor([3, 4, 5, 8])
+    values = torch.tensor([0.0, 1.0, 2.0, 7.0], dtype=D)
+    ref = fn(logits, labels, number_tokens=tokens, number_values=values, reduction="none")
+    out = fn(logits, labels.to(torch.int32), number_tokens=tokens.to(dtype), number_values=values, reduction="none")
+    torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("fn", [L.ntl_mse, L.ntl_wasserstein])
+def test_number_token_loss_ignore_index_none_or_int_only(fn):
+    logits = torch.randn(4, 6, dtype=D, generator=torch.Generator().manual_seed(5))
+    labels = torch.tensor([4, 5, 0, 4])
+    kw = {"number_tokens": torch.tensor([4, 5]), "number_values": torch.tensor([1.0, 2.0], dtype=D)}
+    # None: no position is skipped for being ignore_index; the same as an ignore_index that never occurs
+    torch.testing.assert_close(fn(logits, labels, ignore_index=None, **kw), fn(logits, labels, **kw))
+    torch.testing.assert_close(fn(logits, labels, ignore_index=np.int64(5), **kw),
+                               fn(logits, labels, ignore_index=5, **kw))
+    for bad in (1.5, "4", True, torch.tensor(4)):
+        with pytest.raises(ConfigError, match="ignore_index"):
+            fn(logits, labels, ignore_index=bad, **kw)
+
+
 # ------------------------------------------------------------------------------------------------------------ OKO
 def test_oko_hard_targets_are_cross_entropy_of_summed_logits():
     g = torch.Generator().manual_seed(1)
@@ -95,6 +124,15 @@ def test_oko_soft_targets_match_authors_generalised_kl():
         L.oko(x[:, :2], y)
 
 
+def test_oko_odd_targets_of_any_integer_dtype():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 5, 4, generator=g, dtype=D)
+    y = torch.tensor([1, 3])
+    odd = torch.tensor([[0, 2, 2], [3, 1, 0]])
+    ref = L.oko(x, y, odd_target=odd, reduction="none")
+    torch.testing.assert_close(L.oko(x, y.to(torch.uint8), odd_target=odd.to(torch.int16), reduction="none"), ref)
+
+
 # ---------------------------------------------------------------------------------------------------------- SFace
 def _sface_authors(x, w, label, s, k, a, b):
     """zhongyy/SFace SFaceLoss.forward rewritten (weights under no_grad), per-sample values."""
@@ -113,6 +151,17 @@ def _sface_authors(x, w, label, s, k, a, b):
         weight_j = 1.0 / (1.0 + torch.exp(k * (thj - b)))
     inter = (weight_j * wj).sum(1)
     return intra + inter
+
+
+def test_sface_accepts_int32_labels():
+    # one_hot only takes int64: int32 labels passed validation, then crashed
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 4, generator=g, dtype=D)
+    w = torch.randn(5, 4, generator=g, dtype=D)
+    y = torch.randint(0, 5, (6,), generator=g)
+    ref = L.sface(x, w, y, reduction="none")
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        torch.testing.assert_close(L.sface(x, w, y.to(dtype), reduction="none"), ref)
 
 
 def test_sface_matches_authors_code_value_and_gradient():
@@ -176,6 +225,41 @@ def test_decoupled_softmax_sampling_uses_one_positive_and_the_generator():
         assert any(torch.isclose(out1[q], full[q, j]) for j in range(5) if t[q, j])
     with pytest.raises(DataError, match="multi-hot"):
         L.decoupled_softmax(s, t * 2)
+
+
+def _sampled_positive(rows, n_pos, seed):
+    """Which positive decoupled_softmax(sample_positive=True) used in each of ``rows`` identical rows.
+
+    Positives 0..n_pos-1 have distinct scores (so distinct per-positive losses), the last 4 labels are negatives;
+    the positive is recovered by matching each row's loss against the per-positive losses.
+    """
+    n_lab = n_pos + 4
+    s = torch.zeros(rows, n_lab, dtype=D)
+    s[:, :n_pos] = torch.arange(n_pos, dtype=D) * 0.5
+    t = torch.zeros(rows, n_lab, dtype=torch.long)
+    t[:, :n_pos] = 1
+    per_pos = F.softplus(torch.logsumexp(s[0, n_pos:], 0) - s[0, :n_pos])
+    out = L.decoupled_softmax(s, t, sample_positive=True, generator=torch.Generator().manual_seed(seed),
+                              reduction="none")
+    dist = (out.unsqueeze(1) - per_pos.unsqueeze(0)).abs()
+    assert float(dist.min(1).values.max()) < 1e-12  # every row's loss is one positive's loss
+    return dist.argmin(1)
+
+
+def test_decoupled_softmax_sampling_depends_on_the_seed():
+    # argmax (or any deterministic rule) picks the same positive whatever the generator
+    picks = [_sampled_positive(1, 8, seed) for seed in range(10)]
+    assert len({int(p) for p in picks}) > 1
+    assert not torch.equal(_sampled_positive(200, 8, 0), _sampled_positive(200, 8, 1))
+
+
+def test_decoupled_softmax_sampling_is_uniform_over_the_positives():
+    # 4000 draws over 8 positives (distinct scores: a score-weighted rule would fail too); binomial counts,
+    # tolerance 5 sigma; a fixed generator makes the test deterministic
+    n, k = 4000, 8
+    counts = torch.bincount(_sampled_positive(n, k, 123), minlength=k).to(D)
+    sigma = math.sqrt(n * (1 / k) * (1 - 1 / k))
+    assert ((counts - n / k).abs() <= 5 * sigma).all(), counts
 
 
 # --------------------------------------------------------------------------------------------------------- EnsLoss

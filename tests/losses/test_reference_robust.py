@@ -169,3 +169,87 @@ def test_aldr_kl_module_keeps_per_example_lambda_like_the_authors_buffer():
         L.ALDRKLLoss()(x, y, index=idx)
     with pytest.raises(DataError, match="index"):
         crit(x, y, index=torch.tensor([0, 1, 2, 3, 4, 5, 10]))
+
+
+# ---------------------------------------------------------------------------- LDR normalisation floor (eps)
+def _zero_head_grad(fn, **kw):
+    x = torch.zeros(3, 4, dtype=torch.float32, requires_grad=True)
+    loss = fn(x, torch.tensor([0, 1, 2]), **kw)
+    loss.backward()
+    return loss.detach(), x.grad
+
+
+@pytest.mark.parametrize("fn,kw", [(L.aldr_kl, {}), (L.ldr_kl, {"normalize": "l1_mean"})])
+def test_l1_mean_zero_rows_have_gradient_about_one_over_eps(fn, kw):
+    # mean|x| was floored at finfo.tiny: a zero-initialised head got gradients ~1e37
+    loss, grad = _zero_head_grad(fn, **kw)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert 0 < float(grad.abs().max()) <= 1 / 1e-6
+    _, grad_big_eps = _zero_head_grad(fn, eps=1e-2, **kw)
+    torch.testing.assert_close(grad_big_eps, grad * 1e-4)  # f = x / eps below the floor: gradient ∝ 1/eps
+
+
+def test_l1_mean_floor_changes_only_rows_below_eps():
+    x, y = _data()
+    x[0] = x[0] / x[0].abs().mean() * 2e-6  # mean|x| = 2e-6 ≥ eps: normalised exactly, like the authors
+    x[1] = x[1] / x[1].abs().mean() * 1e-8  # below eps: divided by eps instead
+    onehot = F.one_hot(y, 5).to(D)
+    ref, _ = _aldr_v1(x, onehot, torch.ones(7, 1, dtype=D), 1.0, 1.0, 2.0)
+    out = L.aldr_kl(x, y, alpha=2.0, reduction="none")
+    torch.testing.assert_close(out[[0, *range(2, 7)]], ref[[0, *range(2, 7)]])
+    below = L.ldr_kl(x[1:2], y[1:2], normalize="l1_mean", reduction="none")
+    torch.testing.assert_close(below, L.ldr_kl(x[1:2] / 1e-6, y[1:2], normalize="none", reduction="none"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("value", [-110.0, -1e4])
+@pytest.mark.parametrize("fn,kw", [(L.ldr_kl, {}), (L.aldr_kl, {"normalize": "softplus_mean"})])
+def test_softplus_mean_very_negative_rows_are_finite(dtype, value, fn, kw):
+    # softplus underflows to 0 (float32 below -104, float64 below -745): the row mean was 0 and gave 0/0 = NaN
+    x = torch.full((2, 4), value, dtype=dtype, requires_grad=True)
+    loss = fn(x, torch.tensor([0, 3]), **kw)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("fn", [L.ldr_kl, L.aldr_kl])
+@pytest.mark.parametrize("eps", [0.0, -1.0, float("nan"), float("inf"), 1e-40, "1e-6", None])
+def test_ldr_eps_is_validated(fn, eps):
+    x, y = _data()
+    with pytest.raises(ConfigError, match="eps"):
+        fn(x, y, eps=eps)
+
+
+def test_ldr_module_forms_take_eps():
+    x, y = _data()
+    x[2] = 0.0
+    torch.testing.assert_close(L.LDRKLLoss(eps=1e-3, normalize="l1_mean")(x, y),
+                               L.ldr_kl(x, y, eps=1e-3, normalize="l1_mean"))
+    torch.testing.assert_close(L.ALDRKLLoss(eps=1e-3)(x, y), L.aldr_kl(x, y, eps=1e-3))
+    crit = L.ALDRKLLoss(num_examples=7, eps=1e-3, reduction="none")
+    torch.testing.assert_close(crit(x, y, index=torch.arange(7)), L.aldr_kl(x, y, eps=1e-3, reduction="none"))
+
+
+# ------------------------------------------------------------------------------ ALDR λ-table index dtypes
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
+def test_aldr_module_reads_every_integer_index_dtype_as_indices(dtype):
+    # uint8 used to index lam_table as a boolean mask (wrong entries / shape error)
+    x, y = _data(n=3)
+    idx = torch.tensor([4, 0, 1])
+    ref = L.ALDRKLLoss(num_examples=6, reduction="none")
+    out = L.ALDRKLLoss(num_examples=6, reduction="none")
+    for visit in range(2):
+        torch.testing.assert_close(out(x * (1 + visit), y, index=idx.to(dtype)), ref(x * (1 + visit), y, index=idx))
+    torch.testing.assert_close(out.lam_table, ref.lam_table)
+    assert out.lam_table[[2, 3, 5]].eq(1.0).all() and not out.lam_table[[0, 1, 4]].eq(1.0).any()
+
+
+def test_aldr_module_bool_index_is_a_mask_over_the_dataset():
+    x, y = _data(n=3)
+    mask = torch.tensor([True, False, True, False, True, False])
+    by_mask = L.ALDRKLLoss(num_examples=6, reduction="none")
+    by_ids = L.ALDRKLLoss(num_examples=6, reduction="none")
+    torch.testing.assert_close(by_mask(x, y, index=mask), by_ids(x, y, index=torch.tensor([0, 2, 4])))
+    torch.testing.assert_close(by_mask.lam_table, by_ids.lam_table)
+    with pytest.raises(DataError, match="mask"):
+        by_mask(x, y, index=mask[:3])

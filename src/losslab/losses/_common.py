@@ -12,6 +12,7 @@ from losslab.losses._validate import (
     check_class_target,
     check_class_weight,
     check_float,
+    check_ignore_index,
     check_reduction,
     compute_dtype,
     flatten_logits,
@@ -49,10 +50,7 @@ def prepare(input: object, target: object, *, loss: str, reduction: str, weight:
     c = int(logits.shape[1])
     if c < min_classes:
         raise_few_classes(loss, c, min_classes)
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        from losslab._errors import ConfigError
-
-        raise ConfigError(f"{loss}: ignore_index must be an int or None, got {ignore_index!r}")
+    ignore_index = check_ignore_index(ignore_index, loss)
     tgt_t = check_class_target(tgt, int(logits.shape[0]), c, ignore_index, loss)
     w = check_class_weight(weight, c, loss)
     dtype = compute_dtype(logits)

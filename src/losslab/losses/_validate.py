@@ -7,7 +7,9 @@ message that says what is wrong, why it matters and how to fix it. Nothing here 
 from __future__ import annotations
 
 import math
+import numbers
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -55,7 +57,12 @@ def check_reduction(reduction: object, loss: str) -> str:
 
 def check_class_target(target: object, n_rows: int, n_classes: int, ignore_index: int | None, loss: str,
                        name: str = "target") -> Tensor:
-    """Integer class indices of shape (N,) in [0, C) (or equal to ``ignore_index``)."""
+    """Integer class indices of shape (N,) in [0, C) (or equal to ``ignore_index``), returned as torch.long.
+
+    Any integer dtype is accepted (uint8 segmentation masks, int32 labels); it is converted to int64 before
+    ``ignore_index`` is compared, so a uint8 class 156 is not mistaken for ``ignore_index=-100`` (which would
+    wrap to 156 in uint8 arithmetic), and the result is safe for ``gather``, ``one_hot`` and indexing.
+    """
     if not isinstance(target, Tensor):
         raise DataError(f"{loss}: {name} must be a torch.Tensor of class indices, got {type(target).__name__}")
     if target.dtype.is_floating_point or target.dtype == torch.bool or target.is_complex():
@@ -68,6 +75,7 @@ def check_class_target(target: object, n_rows: int, n_classes: int, ignore_index
             f"{loss}: {name} has shape {tuple(target.shape)} but the input has {n_rows} row(s); "
             f"pass one class index per row of the input"
         )
+    target = target.long()
     valid = target if ignore_index is None else target[target != ignore_index]
     if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= n_classes):
         lo, hi = int(valid.min()), int(valid.max())
@@ -77,6 +85,18 @@ def check_class_target(target: object, n_rows: int, n_classes: int, ignore_index
             f"every index must lie in [0, {n_classes - 1}]{ign}. Check the label mapping or the size of the output layer"
         )
     return target
+
+
+def check_ignore_index(ignore_index: object, loss: str) -> int | None:
+    """``ignore_index`` is None (nothing is ignored) or an integer (Python or NumPy int, not bool)."""
+    if ignore_index is None:
+        return None
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise ConfigError(
+            f"{loss}: ignore_index must be an int or None, got {ignore_index!r}; it is compared with integer "
+            f"targets, so pass the target value to skip (e.g. -100) or None to use every position"
+        )
+    return int(ignore_index)
 
 
 def flatten_logits(input: Tensor, target: object, loss: str) -> tuple[Tensor, object, tuple[int, ...]]:
@@ -124,12 +144,31 @@ def check_same_shape(a_name: str, a: Tensor, b_name: str, b: object, loss: str) 
         raise DataError(f"{loss}: {b_name} must have the same shape as {a_name} {tuple(a.shape)}, got {shape}")
 
 
+def _as_real(value: object) -> float | None:
+    """float(value) for a real number (int, float, NumPy scalar, 0-d real tensor); None for anything else.
+
+    bool (``True`` is an int in Python) and strings are not numbers here, nor are complex values.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, Tensor):
+        ok = value.dim() == 0 and value.dtype != torch.bool and not value.is_complex()
+        return float(value) if ok else None
+    return float(value) if isinstance(value, numbers.Real) else None
+
+
 def check_number(name: str, value: object, loss: str, *, low: float | None = None, high: float | None = None,
                  low_open: bool = False, high_open: bool = False) -> float:
-    """A finite real number in the given (open or closed) interval."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise ConfigError(f"{loss}: {name} must be a finite number, got {value!r}")
-    v = float(value)
+    """A finite real number in the given (open or closed) interval, returned as a Python float.
+
+    Accepts int, float, NumPy scalars (np.float32(2.0), np.int64(3)) and 0-d real tensors; rejects bool and str.
+    """
+    v = _as_real(value)
+    if v is None or not math.isfinite(v):
+        raise ConfigError(
+            f"{loss}: {name} must be a finite real number (int, float, NumPy scalar or 0-d tensor), got {value!r}; "
+            f"pass e.g. {name}=1.0"
+        )
     bad_low = low is not None and (v <= low if low_open else v < low)
     bad_high = high is not None and (v >= high if high_open else v > high)
     if bad_low or bad_high:
@@ -137,4 +176,21 @@ def check_number(name: str, value: object, loss: str, *, low: float | None = Non
         hb = "inf" if high is None else f"{high}"
         interval = f"{'(' if low_open or low is None else '['}{lb}, {hb}{')' if high_open or high is None else ']'}"
         raise ConfigError(f"{loss}: {name}={value!r} is out of range; it must lie in {interval}")
+    return v
+
+
+def check_eps(value: object, loss: str, *, power: int = 1, name: str = "eps") -> float:
+    """A positive, finite stabiliser whose ``power`` (1: used as is, 2: squared) is a normal float32 number.
+
+    Losses compute in float32 at least; a smaller ``eps**power`` would round to 0 (or a subnormal) there and bring
+    back the division by zero it is meant to prevent.
+    """
+    v = check_number(name, value, loss, low=0.0, low_open=True)
+    tiny = torch.finfo(torch.float32).tiny
+    if v**power < tiny:
+        least = tiny ** (1.0 / power)
+        raise ConfigError(
+            f"{loss}: {name}={value!r} is too small: {name}{'²' if power == 2 else ''} underflows in float32, so the "
+            f"division it guards would be by zero again; use {name} ≥ {least:.2g} (the default 1e-6 is typical)"
+        )
     return v

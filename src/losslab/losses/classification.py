@@ -78,9 +78,9 @@ def cross_entropy(input: Tensor, target: Tensor, *, weight: Tensor | None = None
     b = prepare(input, target, loss=name, reduction=reduction, weight=weight, ignore_index=ignore_index)
     eps = check_number("label_smoothing", label_smoothing, name, low=0.0, high=1.0)
     lam = check_number("z_loss", z_loss, name, low=0.0)
-    if logit_softcap is not None:
-        check_number("logit_softcap", logit_softcap, name, low=0.0, low_open=True)
-    x = softcap(b.x, logit_softcap)
+    cap = None if logit_softcap is None else check_number("logit_softcap", logit_softcap, name, low=0.0,
+                                                          low_open=True)
+    x = softcap(b.x, cap)
     lse = torch.logsumexp(x, dim=1)
     nll = lse - pick(x, b.target)
     if eps > 0:
@@ -172,12 +172,13 @@ def sigmoid_focal(input: Tensor, target: Tensor, *, alpha: float | None = 0.25, 
 
     Notes:
         Same formula as ``torchvision.ops.sigmoid_focal_loss`` (whose default reduction is "none"; ours is "mean").
+        1 - p_t is computed as t·σ(-x) + (1 - t)·σ(x), which does not cancel for confident logits, so gradients
+        stay finite for 0 < γ < 1 at |x| ≥ 17 in float32 (where torchvision's literal 1 - p_t gives NaN).
     """
     name = "sigmoid_focal"
     check_reduction(reduction, name)
     g = check_number("gamma", gamma, name, low=0.0)
-    if alpha is not None:
-        check_number("alpha", alpha, name, high=1.0)
+    a = None if alpha is None else check_number("alpha", alpha, name, high=1.0)
     x = check_float("input", input, name, min_dim=0)
     check_same_shape("input", x, "target", target, name)
     t = check_float("target", target, name, min_dim=0)
@@ -188,13 +189,21 @@ def sigmoid_focal(input: Tensor, target: Tensor, *, alpha: float | None = 0.25, 
                         f"[{float(t.min())}, {float(t.max())}]")
     dtype = compute_dtype(x)
     x, t = x.to(dtype), t.to(dtype)
-    p = torch.sigmoid(x)
     ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-    p_t = p * t + (1 - p) * (1 - t)
-    loss = ce * (1 - p_t) ** g if g > 0 else ce
-    if alpha is not None and alpha >= 0:
-        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+    loss = ce * one_minus_pt(x, t) ** g if g > 0 else ce
+    if a is not None and a >= 0:
+        loss = (a * t + (1 - a) * (1 - t)) * loss
     return reduce_loss(loss, reduction)
+
+
+def one_minus_pt(x: Tensor, t: Tensor) -> Tensor:
+    """1 - p_t = t·σ(-x) + (1 - t)·σ(x) for p_t = σ(x)·t + (1 - σ(x))(1 - t), without cancellation.
+
+    ``1 - p_t`` written literally rounds to 0 in float32 once |x| ≳ 17 (σ(x) rounds to 1), and ``0**γ`` with
+    0 < γ < 1 has an infinite derivative, so the gradient became NaN. Both terms here are non-negative, so the
+    result keeps full relative precision; it is floored at the smallest normal number before any power is taken.
+    """
+    return (t * torch.sigmoid(-x) + (1 - t) * torch.sigmoid(x)).clamp_min(torch.finfo(x.dtype).tiny)
 
 
 @register("squentropy", summary="cross-entropy plus the average square loss of the incorrect-class logits",

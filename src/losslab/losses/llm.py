@@ -13,6 +13,7 @@ from losslab.losses._validate import (
     check_class_target,
     check_class_weight,
     check_float,
+    check_ignore_index,
     check_number,
     check_reduction,
     compute_dtype,
@@ -28,9 +29,9 @@ CHUNK_ELEMENTS = 1 << 26  # default chunk: rows x vocab ≈ 64 Mi logits (256 Mi
           reference="Wijmans et al., Cut Your Losses in Large-Vocabulary Language Models, arXiv:2411.09009, 2024",
           module="LinearCrossEntropyLoss", family="llm", input_kind="hidden_states", target_kind="token id")
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias: Tensor | None = None,
-                         class_weight: Tensor | None = None, ignore_index: int = -100, label_smoothing: float = 0.0,
-                         z_loss: float = 0.0, logit_softcap: float | None = None, reduction: str = "mean",
-                         chunk_size: int | None = None,
+                         class_weight: Tensor | None = None, ignore_index: int | None = -100,
+                         label_smoothing: float = 0.0, z_loss: float = 0.0, logit_softcap: float | None = None,
+                         reduction: str = "mean", chunk_size: int | None = None,
                          return_z_loss: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     r"""``cross_entropy(hidden @ weight.T + bias, target, ...)`` computed in row chunks, without the (N, V) logits.
 
@@ -50,7 +51,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         target: token ids (N,) or (B, T); ``ignore_index`` positions are skipped.
         bias: optional output bias (V,).
         class_weight: optional per-class weights (V,) as ``weight`` in ``F.cross_entropy``.
-        ignore_index: target value to skip (-100).
+        ignore_index: target value to skip (-100); None skips nothing. Any other non-int is a ConfigError.
         label_smoothing: ε in [0, 1].
         z_loss: λ ≥ 0 for the PaLM z-loss λ·log²Z (1e-4 is the common value; 0 = off), mean over non-ignored tokens.
         logit_softcap: c > 0 to use c·tanh(z/c) as logits.
@@ -96,7 +97,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
                         f"got {shape}")
     v = int(w.shape[0])
     h2 = h.reshape(-1, h.shape[-1])
-    tgt = check_class_target(target.reshape(-1), h2.shape[0], v, ignore_index, name)
+    ign = check_ignore_index(ignore_index, name)
+    tgt = check_class_target(target.reshape(-1), h2.shape[0], v, ign, name)
     if bias is not None:
         bias = check_float("bias", bias, name)
         if bias.shape != (v,):
@@ -106,8 +108,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     cw = None if cw is None else cw.to(acc)
     eps = check_number("label_smoothing", label_smoothing, name, low=0.0, high=1.0)
     lam = check_number("z_loss", z_loss, name, low=0.0)
-    if logit_softcap is not None:
-        check_number("logit_softcap", logit_softcap, name, low=0.0, low_open=True)
+    cap = None if logit_softcap is None else check_number("logit_softcap", logit_softcap, name, low=0.0,
+                                                          low_open=True)
     if chunk_size is None:
         rows = max(16, CHUNK_ELEMENTS // v)
     else:
@@ -116,10 +118,9 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
 
             raise ConfigError(f"{name}: chunk_size must be a positive int (rows per chunk) or None, got {chunk_size!r}")
         rows = chunk_size
-    mask = tgt != ignore_index
-    safe = torch.where(mask, tgt, torch.zeros_like(tgt))
+    mask, safe = _ignore_mask(tgt, ign)
     grad_on = torch.is_grad_enabled()
-    cfg = LCEConfig(label_smoothing=eps, z_loss=lam, softcap=logit_softcap, reduction=red, chunk_rows=rows,
+    cfg = LCEConfig(label_smoothing=eps, z_loss=lam, softcap=cap, reduction=red, chunk_rows=rows,
                     need_hidden=grad_on and h.requires_grad, need_weight=grad_on and w.requires_grad,
                     need_bias=grad_on and bias is not None and bias.requires_grad)
     loss, zval = LinearCrossEntropyFunction.apply(h2, w, bias, safe, mask, cw, cfg)
@@ -128,8 +129,17 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     return (loss, zval) if return_z_loss else loss
 
 
-def _number_batch(input: Tensor, target: Tensor, number_tokens: Tensor, number_values: Tensor, ignore_index: int,
-                  reduction: str, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[int, ...]]:
+def _ignore_mask(target: Tensor, ignore_index: int | None) -> tuple[Tensor, Tensor]:
+    """(mask of the positions to use, target with ignored positions set to 0 so that it can index)."""
+    if ignore_index is None:
+        return torch.ones_like(target, dtype=torch.bool), target
+    mask = target != ignore_index
+    return mask, torch.where(mask, target, torch.zeros_like(target))
+
+
+def _number_batch(input: Tensor, target: Tensor, number_tokens: Tensor, number_values: Tensor,
+                  ignore_index: int | None, reduction: str,
+                  name: str) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[int, ...]]:
     check_reduction(reduction, name)
     x = check_float("input", input, name)
     v = int(x.shape[-1])
@@ -137,14 +147,15 @@ def _number_batch(input: Tensor, target: Tensor, number_tokens: Tensor, number_v
         shape = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
         raise DataError(f"{name}: target must have shape {tuple(x.shape[:-1])} (input is (..., V) with the vocabulary "
                         f"last), got {shape}")
-    tgt = check_class_target(target.reshape(-1), int(target.numel()), v, ignore_index, name)
+    ign = check_ignore_index(ignore_index, name)
+    tgt = check_class_target(target.reshape(-1), int(target.numel()), v, ign, name)
     if not isinstance(number_tokens, Tensor) or number_tokens.dim() != 1 or number_tokens.dtype.is_floating_point:
         raise DataError(f"{name}: number_tokens must be a 1-D integer tensor of token ids")
     k = int(number_tokens.numel())
     if k == 0:
         raise DataError(f"{name}: number_tokens is empty; pass the ids of the number tokens (e.g. the digits 0-9)")
-    check_class_target(number_tokens, k, v, None, name, name="number_tokens")
-    if int(torch.unique(number_tokens).numel()) != k:
+    tokens = check_class_target(number_tokens, k, v, None, name, name="number_tokens")  # int64: ids, never a mask
+    if int(torch.unique(tokens).numel()) != k:
         raise DataError(f"{name}: number_tokens holds duplicate ids; each token maps to one value")
     vals = check_float("number_values", number_values, name)
     if vals.shape != (k,):
@@ -153,11 +164,11 @@ def _number_batch(input: Tensor, target: Tensor, number_tokens: Tensor, number_v
     dtype = compute_dtype(x)
     logits = x.reshape(-1, v).to(dtype)
     lookup = torch.full((v,), -1, dtype=torch.long, device=x.device)
-    lookup[number_tokens] = torch.arange(k, device=x.device)
-    safe = torch.where(tgt == ignore_index, torch.zeros_like(tgt), tgt)
+    lookup[tokens] = torch.arange(k, device=x.device)
+    keep, safe = _ignore_mask(tgt, ign)
     pos = lookup[safe]
-    mask = (tgt != ignore_index) & (pos >= 0)
-    q = torch.softmax(logits[:, number_tokens], dim=1)
+    mask = keep & (pos >= 0)
+    q = torch.softmax(logits[:, tokens], dim=1)
     vals = vals.to(dtype)
     return q, vals, vals[pos.clamp_min(0)], mask, tuple(target.shape)
 
@@ -168,8 +179,8 @@ _NTL = ("Zausinger et al., Regress, Don't Guess: A Regression-like Loss on Numbe
 
 @register("ntl_mse", summary="number token loss: squared error of the expected number value over number tokens",
           reference=_NTL, module="NTLMSELoss", family="llm", target_kind="token id")
-def ntl_mse(input: Tensor, target: Tensor, *, number_tokens: Tensor, number_values: Tensor, ignore_index: int = -100,
-            reduction: str = "mean") -> Tensor:
+def ntl_mse(input: Tensor, target: Tensor, *, number_tokens: Tensor, number_values: Tensor,
+            ignore_index: int | None = -100, reduction: str = "mean") -> Tensor:
     r"""NTL-MSE: squared error between the expected value under the number-token softmax and the target's value.
 
     .. math:: q = \operatorname{softmax}(z_{\mathcal N}),\quad \hat y = \sum_{n\in\mathcal N} q_n v_n,\quad
@@ -179,9 +190,10 @@ def ntl_mse(input: Tensor, target: Tensor, *, number_tokens: Tensor, number_valu
         input: logits (..., V) with the vocabulary last, e.g. (B, T, V).
         target: token ids (...,); positions whose token is not a number token (or equal ``ignore_index``) are
             skipped.
-        number_tokens: ids of the number tokens (K,), e.g. the tokens "0".."9".
+        number_tokens: ids of the number tokens (K,), e.g. the tokens "0".."9"; any integer dtype (uint8 too)
+            is read as ids, never as a boolean mask.
         number_values: their numeric values (K,).
-        ignore_index: target value to skip.
+        ignore_index: target value to skip (-100); None skips nothing.
         reduction: "mean" (over number-token positions; 0 when there are none, as in the authors' package) |
             "sum" | "none" (shape of ``target``, 0 elsewhere).
 
@@ -209,7 +221,7 @@ def ntl_mse(input: Tensor, target: Tensor, *, number_tokens: Tensor, number_valu
 @register("ntl_wasserstein", summary="number token loss: 1-D Wasserstein distance to the target number value",
           reference=_NTL, module="NTLWassersteinLoss", family="llm", target_kind="token id")
 def ntl_wasserstein(input: Tensor, target: Tensor, *, number_tokens: Tensor, number_values: Tensor,
-                    ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+                    ignore_index: int | None = -100, reduction: str = "mean") -> Tensor:
     r"""NTL-WAS: Wasserstein-1 distance between the number-token distribution and the target (a point mass).
 
     .. math:: q = \operatorname{softmax}(z_{\mathcal N}),\qquad \ell = \sum_{n\in\mathcal N} q_n\,|v_y - v_n|
@@ -219,7 +231,7 @@ def ntl_wasserstein(input: Tensor, target: Tensor, *, number_tokens: Tensor, num
         target: token ids (...,); non-number targets and ``ignore_index`` are skipped.
         number_tokens: ids of the number tokens (K,).
         number_values: their values (K,).
-        ignore_index: target value to skip.
+        ignore_index: target value to skip (-100); None skips nothing.
         reduction: "mean" (over number-token positions; 0 if none) | "sum" | "none".
 
     Returns:

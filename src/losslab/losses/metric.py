@@ -73,8 +73,8 @@ def oko(input: Tensor, target: Tensor, *, odd_target: Tensor | None = None, redu
     if not isinstance(odd_target, Tensor) or tuple(odd_target.shape) != (s_, n - 2):
         shape = tuple(odd_target.shape) if isinstance(odd_target, Tensor) else type(odd_target).__name__
         raise DataError(f"{name}: odd_target must have shape ({s_}, {n - 2}) (k odd classes per set), got {shape}")
-    check_class_target(odd_target.reshape(-1), s_ * (n - 2), c, None, name, name="odd_target")
-    t = 2 * F.one_hot(tgt, c).to(logp.dtype) + F.one_hot(odd_target, c).to(logp.dtype).sum(1)
+    odd = check_class_target(odd_target.reshape(-1), s_ * (n - 2), c, None, name, name="odd_target")
+    t = 2 * F.one_hot(tgt, c).to(logp.dtype) + F.one_hot(odd.reshape(s_, n - 2), c).to(logp.dtype).sum(1)
     t = t / n
     loss = (torch.xlogy(t, t) - t * logp - t + logp.exp()).sum(1)
     return reduce_loss(loss, reduction)
@@ -122,8 +122,8 @@ def sface(input: Tensor, centers: Tensor, target: Tensor, *, s: float = 64.0, k:
     """
     name = "sface"
     check_reduction(reduction, name)
-    for nm, val in (("s", s), ("k", k)):
-        check_number(nm, val, name, low=0.0, low_open=True)
+    s = check_number("s", s, name, low=0.0, low_open=True)
+    k = check_number("k", k, name, low=0.0, low_open=True)
     a_ = check_number("a", a, name, low=0.0, high=math.pi)
     b_ = check_number("b", b, name, low=0.0, high=math.pi)
     x = check_float("input", input, name, min_dim=2)
@@ -148,8 +148,8 @@ def sface(input: Tensor, centers: Tensor, target: Tensor, *, s: float = 64.0, k:
 
 
 @register("decoupled_softmax", summary="multi-label softmax that drops the other positives from each denominator",
-          reference="Gupta, Chen, Hsieh, Goyal, Varma, Dual-Encoders for Extreme Multi-Label Classification, "
-                    "arXiv:2310.10636, 2024",
+          reference="Gupta, Khatri, Rawat, Bhojanapalli, Jain, Dhillon, Dual-Encoders for Extreme Multi-Label "
+                    "Classification, arXiv:2310.10636, 2024",
           module="DecoupledSoftmaxLoss", family="metric", target_kind="multi-hot (same shape)")
 def decoupled_softmax(input: Tensor, target: Tensor, *, temperature: float = 1.0, sample_positive: bool = False,
                       generator: torch.Generator | None = None, reduction: str = "mean") -> Tensor:
@@ -180,8 +180,8 @@ def decoupled_softmax(input: Tensor, target: Tensor, *, temperature: float = 1.0
         0.6931
 
     References:
-        Gupta, Chen, Hsieh, Goyal, Varma, "Dual-Encoders for Extreme Multi-Label Classification",
-        arXiv:2310.10636, 2024 (ICLR). Follows the authors' ``SimLoss`` 'decoupled-softmax' branch; the
+        Nilesh Gupta, Devvrit Khatri, Ankit Singh Rawat, Srinadh Bhojanapalli, Prateek Jain, Inderjit S. Dhillon,
+        "Dual-Encoders for Extreme Multi-Label Classification", arXiv:2310.10636, 2024 (ICLR). Follows the authors' ``SimLoss`` 'decoupled-softmax' branch; the
         multi-GPU all-gather of the denominator is not included.
     """
     name = "decoupled_softmax"

@@ -163,6 +163,9 @@ class ALDRKLLoss(_LossModule):
     ``num_examples=N`` the module holds a buffer ``lam_table`` (N,) initialised to ``lam0``; calling it with
     ``index`` (the dataset indices of the rows) uses ``lam_table[index]`` as ``lam_prev`` and stores the new λ_i
     there, like the ``Lambda[ids]`` buffer of the authors' ``ALDRLoss_V1``. The table is part of ``state_dict()``.
+    ``index`` of any integer dtype (int64, int32, uint8, ...) holds dataset indices, one per row; only a
+    ``torch.bool`` tensor is read as a mask over the dataset (shape (num_examples,), rows in increasing index
+    order).
 
     Example:
         >>> import torch, losslab.losses as L
@@ -190,10 +193,7 @@ class ALDRKLLoss(_LossModule):
         if self.lam_table is None:
             raise ConfigError("ALDRKLLoss: index was given but the module keeps no λ table; "
                               "construct it with num_examples=<dataset size>")
-        if not isinstance(index, Tensor) or index.dtype.is_floating_point or index.dim() != 1:
-            raise DataError("ALDRKLLoss: index must be a 1-D integer tensor of dataset indices, one per row")
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.lam_table.shape[0]):
-            raise DataError(f"ALDRKLLoss: index values must lie in [0, {self.lam_table.shape[0] - 1}]")
+        index = _lam_table_index(index, int(self.lam_table.shape[0]))
         options = dict(self._plain)
         for key in self._buffers_names:
             options[key] = getattr(self, key)
@@ -203,6 +203,23 @@ class ALDRKLLoss(_LossModule):
         with torch.no_grad():
             self.lam_table[index] = lam.to(self.lam_table.dtype)
         return loss
+
+
+def _lam_table_index(index: object, n: int) -> Tensor:
+    """int64 positions into a λ table of n entries: any integer dtype holds indices, only torch.bool is a mask."""
+    if not isinstance(index, Tensor) or index.dim() != 1 or index.dtype.is_floating_point or index.is_complex():
+        raise DataError("ALDRKLLoss: index must be a 1-D integer tensor of dataset indices, one per row "
+                        "(or a torch.bool mask over the dataset); convert it with .long()")
+    if index.dtype == torch.bool:
+        if index.shape[0] != n:
+            raise DataError(f"ALDRKLLoss: a boolean index is a mask over the dataset and needs shape ({n},), "
+                            f"got {tuple(index.shape)}; pass integer indices (one per row) instead")
+        return index.nonzero().squeeze(1)
+    index = index.long()  # uint8 / int32 indices stay indices (torch would index with uint8 as a mask)
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+        raise DataError(f"ALDRKLLoss: index values must lie in [0, {n - 1}] (the table has num_examples={n} "
+                        f"entries), got [{int(index.min())}, {int(index.max())}]")
+    return index
 
 
 class NTLMSELoss(_LossModule):

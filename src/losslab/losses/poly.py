@@ -98,17 +98,22 @@ def poly_cross_entropy(input: Tensor, target: Tensor, *, epsilons: Sequence[floa
     return _poly("poly_cross_entropy", input, target, epsilons, label_smoothing, weight, ignore_index, reduction)
 
 
+def _check_epsilons(name: str, epsilons: object) -> list[float]:
+    """A non-empty sequence of finite numbers (not a string: "2" would otherwise be read as (2.0,)); ε_1 ≥ -1."""
+    if getattr(epsilons, "ndim", None) == 1 and hasattr(epsilons, "tolist"):  # 1-D tensor or NumPy array
+        epsilons = epsilons.tolist()
+    if isinstance(epsilons, (str, bytes)) or not isinstance(epsilons, Sequence):
+        raise ConfigError(f"{name}: epsilons must be a sequence of numbers such as (2.0,) or (1.0, 0.5), "
+                          f"got {epsilons!r}; pass the coefficients ε_1, ..., ε_N as a tuple of floats")
+    if len(epsilons) == 0:
+        raise ConfigError(f"{name}: epsilons must hold at least one coefficient, e.g. (2.0,)")
+    label = "epsilon" if name == "poly1_cross_entropy" else "epsilon[{}]"
+    return [check_number(label.format(j), e, name, low=-1.0 if j == 0 else None) for j, e in enumerate(epsilons)]
+
+
 def _poly(name: str, input: Tensor, target: Tensor, epsilons: Sequence[float], label_smoothing: float,
           weight: Tensor | None, ignore_index: int, reduction: str) -> Tensor:
-    try:
-        eps_list = [float(e) for e in epsilons]
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name}: epsilons must be a sequence of numbers, got {epsilons!r}") from exc
-    if not eps_list:
-        raise ConfigError(f"{name}: epsilons must hold at least one coefficient, e.g. (2.0,)")
-    for j, e in enumerate(eps_list):
-        check_number(f"epsilon[{j}]" if name == "poly_cross_entropy" else "epsilon", e, name,
-                     low=-1.0 if j == 0 else None)
+    eps_list = _check_epsilons(name, epsilons)
     ls = check_number("label_smoothing", label_smoothing, name, low=0.0, high=1.0)
     b = prepare(input, target, loss=name, reduction=reduction, weight=weight, ignore_index=ignore_index)
     ce, pt = _ce_and_pt(b, ls)
@@ -153,9 +158,10 @@ def poly1_focal(input: Tensor, target: Tensor, *, epsilon: float = 1.0, gamma: f
 
     Notes:
         α_t multiplies the focal term only, as in the paper's listing. ``timm.loss.PolyBinaryCrossEntropy``
-        multiplies α_t into the polynomial term as well, so the two differ whenever α is set.
+        multiplies α_t into the polynomial term as well, so the two differ whenever α is set. 1 - p_t is computed
+        without cancellation (see :func:`sigmoid_focal`), so gradients stay finite for 0 < γ < 1 at large |x|.
     """
-    from losslab.losses.classification import sigmoid_focal
+    from losslab.losses.classification import one_minus_pt, sigmoid_focal
 
     name = "poly1_focal"
     if reduction not in ("mean", "sum", "none"):
@@ -163,11 +169,7 @@ def poly1_focal(input: Tensor, target: Tensor, *, epsilon: float = 1.0, gamma: f
     e = check_number("epsilon", epsilon, name)
     g = check_number("gamma", gamma, name, low=0.0)
     fl = sigmoid_focal(input, target, alpha=alpha, gamma=g, reduction="none")  # validates input/target/alpha
-    x = input.to(fl.dtype)
-    t = target.to(fl.dtype)
-    p = torch.sigmoid(x)
-    pt = p * t + (1 - p) * (1 - t)
-    loss = fl + e * (1 - pt) ** (g + 1)
+    loss = fl + e * one_minus_pt(input.to(fl.dtype), target.to(fl.dtype)) ** (g + 1)
     return reduce_loss(loss, reduction)
 
 

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from losslab.losses._catalogue import register
 from losslab.losses._common import ClassBatch, pick, prepare
-from losslab.losses._validate import check_float, check_number, check_same_shape
+from losslab.losses._validate import check_eps, check_float, check_number, check_same_shape
 
 __all__ = ["adversarial_comp_sum", "aldr_kl", "comp_sum", "generalized_cross_entropy", "ldr_kl", "softmax_mae"]
 
@@ -204,12 +204,18 @@ def adversarial_comp_sum(input: Tensor, input_adv: Tensor, target: Tensor, *, ta
     return b.reduce(_comp_sum(b, t) + n * smooth)
 
 
-def _ldr_scores(x: Tensor, normalize: str) -> Tensor:
+def _ldr_scores(x: Tensor, normalize: str, eps: float) -> Tensor:
+    """Row-normalised scores f; the row mean in the denominator is floored at ``eps`` (absolute).
+
+    Rows whose mean is ≥ eps are normalised exactly as in the authors' code. Rows below eps (an all-zero row from a
+    zero-initialised head, or a softplus row that underflows to 0 for logits ≤ -104 in float32) are divided by eps
+    instead of by their tiny mean, so the loss and its gradient stay finite (the gradient there is about 1/eps).
+    """
     if normalize == "softplus_mean":  # authors' LDR: softplus, then divide by the row mean
         s = F.softplus(x)
-        return s / s.mean(1, keepdim=True)
+        return s / s.mean(1, keepdim=True).clamp_min(eps)
     if normalize == "l1_mean":  # authors' ALDR: divide by ||x||_1 / C
-        return x / (x.abs().mean(1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny))
+        return x / x.abs().mean(1, keepdim=True).clamp_min(eps)
     return x
 
 
@@ -230,7 +236,8 @@ def _margin_logits(f: Tensor, target: Tensor, margin: float) -> Tensor:
 @register("ldr_kl", summary="label-distributionally robust loss with KL regulariser (λ log-mean-exp of margins)",
           reference=_LDR, module="LDRKLLoss", family="robust")
 def ldr_kl(input: Tensor, target: Tensor, *, lam: float = 1.0, margin: float = 2.0, normalize: str = "softplus_mean",
-           weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+           eps: float = 1e-6, weight: Tensor | None = None, ignore_index: int = -100,
+           reduction: str = "mean") -> Tensor:
     r"""LDR-KL loss: the worst case over label distributions, regularised by KL to the uniform distribution.
 
     .. math::
@@ -246,6 +253,11 @@ def ldr_kl(input: Tensor, target: Tensor, *, lam: float = 1.0, margin: float = 2
         margin: c ≥ 0 (2.0, the default of the authors' ``LDRLoss_V1``).
         normalize: "softplus_mean" (authors' LDR: f = softplus(x) / mean_k softplus(x_k)), "l1_mean"
             (f = x / mean_k |x_k|) or "none" (f = x).
+        eps: floor of the row mean in the normalisation, f = s / max(mean_k s_k, eps) (1e-6; at least 1.2e-38,
+            float32's smallest normal number). Rows with mean ≥ eps are normalised exactly; rows below it (e.g.
+            all-zero logits of a zero-initialised head, or softplus underflowing to 0 for logits ≤ -104 in float32)
+            are not, and their gradient is about 1/eps. Initialise the head with small random weights, or raise
+            eps, if such rows are common.
         weight: class weights (C,) (weighted mean).
         ignore_index: target value to skip.
         reduction: "mean" | "sum" | "none".
@@ -268,15 +280,17 @@ def ldr_kl(input: Tensor, target: Tensor, *, lam: float = 1.0, margin: float = 2
     lam_ = check_number("lam", lam, name, low=0.0, low_open=True)
     m = check_number("margin", margin, name, low=0.0)
     norm = _check_normalize(normalize, name)
+    floor = check_eps(eps, name)
     b = prepare(input, target, loss=name, reduction=reduction, weight=weight, ignore_index=ignore_index)
-    d = _margin_logits(_ldr_scores(b.x, norm), b.target, m)
+    d = _margin_logits(_ldr_scores(b.x, norm, floor), b.target, m)
     return b.reduce(lam_ * (torch.logsumexp(d / lam_, dim=1) - math.log(b.n_classes)))
 
 
 @register("aldr_kl", summary="adaptive LDR-KL with a per-instance λ from the KL of the prediction (closed form)",
           reference=_LDR, module="ALDRKLLoss", family="robust")
 def aldr_kl(input: Tensor, target: Tensor, *, lam0: float = 1.0, alpha: float = 1.0, margin: float = 1.0,
-            normalize: str = "l1_mean", lam_prev: Tensor | None = None, weight: Tensor | None = None,
+            normalize: str = "l1_mean", eps: float = 1e-6, lam_prev: Tensor | None = None,
+            weight: Tensor | None = None,
             ignore_index: int = -100, reduction: str = "mean",
             return_lambda: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     r"""ALDR-KL loss: LDR-KL with an instance-level temperature λ_i chosen in closed form.
@@ -297,6 +311,10 @@ def aldr_kl(input: Tensor, target: Tensor, *, lam0: float = 1.0, alpha: float = 
         margin: c ≥ 0 (1.0, the authors' ALDR default).
         normalize: score normalisation, "l1_mean" (authors' ALDR default, f = x / mean_k |x_k|),
             "softplus_mean" or "none".
+        eps: floor of the row mean in the normalisation, f = x / max(mean_k |x_k|, eps) (1e-6; at least 1.2e-38,
+            float32's smallest normal number). Rows with mean ≥ eps are normalised exactly as the authors do; rows
+            below it (an all-zero row from a zero-initialised head) are not, and their gradient is about 1/eps.
+            Initialise the head with small random weights, or raise eps, if such rows are common.
         lam_prev: per-instance λ from the previous visit of each example (shape (M,)), as the authors keep in a
             buffer indexed by example id; None means λ_0 (the buffer's initial value).
         weight: class weights (C,) (weighted mean).
@@ -321,17 +339,20 @@ def aldr_kl(input: Tensor, target: Tensor, *, lam0: float = 1.0, alpha: float = 
         in the loss value (it carries no gradient).
 
     Notes:
-        λ_i is floored at 1e-6·λ_0 to avoid a division by zero when α ≤ 1 (the authors do not floor it).
+        λ_i is floored at 1e-6·λ_0 to avoid a division by zero when α ≤ 1 (the authors do not floor it). The
+        normalisation's row mean is floored at ``eps`` (the authors do not floor it either, and divide by zero on
+        an all-zero row).
     """
     name = "aldr_kl"
     l0 = check_number("lam0", lam0, name, low=0.0, low_open=True)
     al = check_number("alpha", alpha, name, low=0.0, low_open=True)
     m = check_number("margin", margin, name, low=0.0)
     norm = _check_normalize(normalize, name)
+    floor = check_eps(eps, name)
     b = prepare(input, target, loss=name, reduction=reduction, weight=weight, ignore_index=ignore_index,
                 min_classes=2)
     c = b.n_classes
-    f = _ldr_scores(b.x, norm)
+    f = _ldr_scores(b.x, norm, floor)
     if lam_prev is None:
         lp = torch.full((f.shape[0], 1), l0, dtype=f.dtype, device=f.device)
     else:

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from losslab.losses._catalogue import register
 from losslab.losses._common import pick, prepare
-from losslab.losses._validate import check_number
+from losslab.losses._validate import check_eps, check_number
 
 __all__ = ["spherical_z_loss", "stablemax", "stablemax_cross_entropy"]
 
@@ -17,22 +17,27 @@ __all__ = ["spherical_z_loss", "stablemax", "stablemax_cross_entropy"]
           reference="de Brébisson, Vincent, The Z-loss: a shift and scale invariant classification loss belonging "
                     "to the Spherical Family, arXiv:1604.08859, 2016",
           module="SphericalZLoss", family="classification")
-def spherical_z_loss(input: Tensor, target: Tensor, *, a: float = 1.0, b: float = 1.0, weight: Tensor | None = None,
-                     ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+def spherical_z_loss(input: Tensor, target: Tensor, *, a: float = 1.0, b: float = 1.0, eps: float = 1e-6,
+                     weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
     r"""The Z-loss of de Brébisson & Vincent: a softplus on the standardised target logit.
 
     .. math::
-        \mu = \tfrac1C\sum_k o_k,\quad \sigma = \sqrt{\tfrac1C\sum_k o_k^2 - \mu^2},\quad
+        \mu = \tfrac1C\sum_k o_k,\quad \sigma = \sqrt{\tfrac1C\sum_k o_k^2 - \mu^2 + \epsilon^2},\quad
         z_y = \frac{o_y - \mu}{\sigma},\qquad \ell = \frac1a\operatorname{softplus}\big(a\,(b - z_y)\big)
 
     Only the sums Σ o and Σ o² of the outputs enter, which is what makes it a spherical-family loss; it is invariant
-    to adding a constant to, and to multiplying by a positive constant, all the logits of a row.
+    to adding a constant to, and to multiplying by a positive constant, all the logits of a row (exactly for ε = 0;
+    with ε > 0, up to a relative error of about ε²/(2·var) in σ, negligible once the row's standard deviation is
+    well above ε).
 
     Args:
         input: logits (N, C) or (N, C, d1, ...), C ≥ 2.
         target: class indices.
         a: sharpness a > 0 of the softplus (default 1.0).
         b: offset b (default 1.0): the standardised score the target should exceed.
+        eps: ε > 0 (1e-6), an absolute floor inside the square root of σ, so that a row whose logits are all
+            equal (σ = 0, e.g. an all-zero row from a zero-initialised head) gives a finite loss and gradient;
+            ε² must be a normal float32 number (ε ≥ 1.1e-19).
         weight: class weights (C,) (weighted mean).
         ignore_index: target value to skip.
         reduction: "mean" | "sum" | "none".
@@ -52,20 +57,22 @@ def spherical_z_loss(input: Tensor, target: Tensor, *, a: float = 1.0, b: float 
 
     Notes:
         a and b are tuned hyperparameters in the paper; the defaults here (1, 1) were not taken from it. A
-        row whose logits are all equal has σ = 0; σ is floored at 1e-12 (relative to the row scale) so such rows give
-        z = 0 instead of NaN. Not the PaLM z-loss (``cross_entropy(z_loss=...)``).
+        row whose logits are all equal (all zero included) has σ = ε, hence z = 0 and the loss
+        softplus(a·b)/a; its gradient is finite but about 1/ε in size, because the loss is scale invariant (the
+        paper's σ = 0 gives 0/0). Rows whose standard deviation is below about ε lose the scale invariance.
+        Not the PaLM z-loss (``cross_entropy(z_loss=...)``).
     """
     name = "spherical_z_loss"
     a_ = check_number("a", a, name, low=0.0, low_open=True)
     b_ = check_number("b", b, name)
+    eps_ = check_eps(eps, name, power=2)
     bt = prepare(input, target, loss=name, reduction=reduction, weight=weight, ignore_index=ignore_index,
                  min_classes=2)
     o = bt.x
     mu = o.mean(1, keepdim=True)
     centred = o - mu
     var = centred.square().mean(1, keepdim=True)
-    scale = o.abs().amax(1, keepdim=True).clamp_min(torch.finfo(o.dtype).tiny)
-    sigma = torch.sqrt(var + (1e-12 * scale) ** 2)
+    sigma = torch.sqrt(var + eps_**2)
     z = pick(centred / sigma, bt.target)
     return bt.reduce(F.softplus(a_ * (b_ - z)) / a_)
 

@@ -20,7 +20,7 @@ __all__ = ["ensloss"]
 
 
 @register("ensloss", summary="stochastic calibrated loss ensemble: draws a convex calibrated derivative each batch",
-          reference="Dai, Shen, Xu, EnsLoss: Stochastic Calibrated Loss Ensembles for Preventing Overfitting in "
+          reference="Dai, EnsLoss: Stochastic Calibrated Loss Ensembles for Preventing Overfitting in "
                     "Classification, arXiv:2409.00908, 2025",
           module="EnsLoss", family="stochastic", target_kind="binary {0, 1}")
 def ensloss(input: Tensor, target: Tensor, *, lam: float = 0.0, generator: torch.Generator | None = None,
@@ -55,7 +55,7 @@ def ensloss(input: Tensor, target: Tensor, *, lam: float = 0.0, generator: torch
         True
 
     References:
-        Dai, Shen, Xu, "EnsLoss: Stochastic Calibrated Loss Ensembles for Preventing Overfitting in
+        Ben Dai, "EnsLoss: Stochastic Calibrated Loss Ensembles for Preventing Overfitting in
         Classification", arXiv:2409.00908, 2025 (ICML). Follows the authors' ``losses.py::ensLoss`` (sorting,
         clipping at -1, the 1/s tail for s > 1 and the -1e-6 shift); the authors' hard-coded CUDA device and global
         RNG are replaced by the input's device and ``generator``.
