@@ -58,7 +58,8 @@ def _as_steps(step: Any) -> np.ndarray:
 
 
 def _check_common(peak: float, steps: int, warmup: int) -> None:
-    if not (isinstance(peak, (int, float)) and math.isfinite(peak) and peak > 0):
+    if not (isinstance(peak, (int, float, np.floating, np.integer)) and not isinstance(peak, bool)
+            and math.isfinite(peak) and peak > 0):
         raise ConfigError(f"peak learning rate must be a finite number > 0, got {peak!r}")
     if int(steps) != steps or steps < 1:
         raise ConfigError(f"steps must be a positive integer, got {steps!r}")
@@ -145,6 +146,8 @@ def wsd(
     _check_ratio("decay", decay)
     _check_ratio("final_ratio", final_ratio)
     start = float(decay_start) if decay_start is not None else steps - decay * steps
+    if decay_start is None and warmup - 1e-9 * steps <= start < warmup:  # decay = (steps - warmup) / steps, rounded
+        start = float(warmup)
     if not warmup <= start <= steps:
         raise ConfigError(f"the cooldown must start between warmup={warmup} and steps={steps}, got {start:g}")
     s = _as_steps(step)
@@ -205,7 +208,8 @@ def cyclic(
     s = _as_steps(step)
     index = np.clip(np.searchsorted(bounds, s, side="right") - 1, 0, cycles - 1)
     # a cycle boundary belongs to the end of the previous cycle, so that step == boundary is fully annealed
-    at_boundary = (index > 0) & np.isclose(s, bounds[index])
+    # (an absolute tolerance: a relative one of 1e-5 spans whole steps on long runs)
+    at_boundary = (index > 0) & (np.abs(s - bounds[index]) <= 1e-9 * np.maximum(1.0, bounds[index]))
     index = np.where(at_boundary, index - 1, index)
     p = np.clip((s - bounds[index]) / (bounds[index + 1] - bounds[index]), 0.0, 1.0)
     multiplier = _cooldown_shape(p, shape, final_ratio)
@@ -334,5 +338,7 @@ def parse_schedule(spec: str) -> Schedule:
         if not sep or not key.strip():
             raise ConfigError(f"malformed item {item!r} in schedule spec {spec!r}; use key=value")
         key = _SPEC_ALIASES.get(key.strip().lower(), key.strip().lower())
+        if key in params:
+            raise ConfigError(f"{key!r} is given twice in schedule spec {spec!r}; keep one")
         params[key] = _convert(kind, key, value)
     return Schedule(kind, params)

@@ -17,7 +17,7 @@ def test_extent_by_hand():
     lr = np.array([0.1, 0.2, 1.0, 0.8, 0.5, 0.1])
     p = SimpleNamespace(lr=lr, steps=np.array([3, 4, 5]))
     ext = extent([p])
-    assert ext == {"steps": 5.0, "s1": pytest.approx(0.1 + 0.2 + 1.0 + 0.8 + 0.5), "lr_min": 0.5}
+    assert ext == {"steps": 5.0, "s1": pytest.approx(0.1 + 0.2 + 1.0 + 0.8 + 0.5), "lr_min": 0.5, "lr_max": 1.0}
 
 
 def test_excess_by_hand():

@@ -130,11 +130,29 @@ def _read_csv(path: Path, loss_key: str, lr_key: str, *, need_lr: bool, need_los
     return table
 
 
+def _add_or_merge(table: Table, step_raw: Any, lr_raw: Any, loss_raw: Any, where: str, *, merge: bool) -> None:
+    """Add a JSONL record, or (``merge``: same run as the previous record) merge it into the previous row when both
+    log the same step (one metric a line)."""
+    row = Table(table.source)
+    _add_row(row, step_raw, lr_raw, loss_raw, where)
+    if not (merge and table.steps and table.steps[-1] == row.steps[0]):
+        _add_row(table, step_raw, lr_raw, loss_raw, where)
+        return
+    for values, new, what in ((table.lr, row.lr[0], "learning rate"), (table.loss, row.loss[0], "loss")):
+        if math.isnan(new):
+            continue
+        if not math.isnan(values[-1]) and values[-1] != new:
+            raise DataError(f"{table.source}: {where}: a second {what} {new!r} at step {row.steps[0]} "
+                            f"({table.where[-1]} has {values[-1]!r}); keep one record per step and metric")
+        values[-1] = new
+
+
 def _read_jsonl(path: Path, loss_key: str, lr_key: str, *, need_lr: bool, need_loss: bool,
                 run: str | None = None) -> Table:
     table = Table(str(path), fmt="jsonl", keys={"loss": loss_key, "lr": lr_key})
     seen = {"lr": False, "loss": False}
     runs: dict[str, None] = {}
+    last_run: object = None
     with read_text_lines(path) as fh:
         for n, line in enumerate(fh, start=1):
             if not line.strip():
@@ -150,9 +168,13 @@ def _read_jsonl(path: Path, loss_key: str, lr_key: str, *, need_lr: bool, need_l
                 runs[str(obj["run"])] = None
                 if run is not None and str(obj["run"]) != run:
                     continue
+            if lr_key not in obj and loss_key not in obj:
+                continue  # another metric's record (eval, throughput, ...)
             seen["lr"] |= lr_key in obj
             seen["loss"] |= loss_key in obj
-            _add_row(table, obj["step"], obj.get(lr_key), obj.get(loss_key), f"line {n}")
+            _add_or_merge(table, obj["step"], obj.get(lr_key), obj.get(loss_key), f"line {n}",
+                          merge=str(obj.get("run")) == last_run)
+            last_run = str(obj.get("run"))
     _check_runs(path, run, bool(runs), list(runs))
     if not table.steps:
         raise DataError(f"{path}: the file is empty; expected one JSON object per line with keys "

@@ -231,7 +231,9 @@ def load_curve(
     if loss_from is not None:
         loss[: loss_from - 1] = np.nan
         meta["loss_from"] = loss_from
-    label = name or (p.name.split(".")[0] if "tfevents" in p.name else p.stem) + (f":{run}" if run else "")
+    # an event file is named events.out.tfevents...: the run is its folder
+    stem = (p.resolve().parent.name or "events") if "tfevents" in p.name else p.stem
+    label = name or stem + (f":{run}" if run else "")
     if run is not None:
         meta["run"] = run
     if not np.any(np.isfinite(loss)):

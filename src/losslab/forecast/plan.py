@@ -157,7 +157,7 @@ def plan_schedule(fit: Any, steps: int, family: str = "wsd", *, peak: float | No
         key = sched.to_spec()
         if key not in cache:
             value = float(fit.predict(sched.lr(steps), steps=last)[0])
-            cache[key] = value if math.isfinite(value) else math.inf
+            cache[key] = value if math.isfinite(value) and value > 0 else math.inf  # a loss <= 0 is no plan
         return cache[key]
 
     shapes = _SHAPES if family == "wsd" else ("-",)
@@ -185,13 +185,15 @@ def plan_schedule(fit: Any, steps: int, family: str = "wsd", *, peak: float | No
                                                                   "final_ratio": final}))
 
         x0 = np.array([v0["decay"], v0["final_ratio"]] if family == "wsd" else [v0["final_ratio"]])
-        res = minimize(objective, x0, method="Nelder-Mead",
-                       options={"xatol": 1e-3, "fatol": 1e-7, "maxfev": 60})
+        with np.errstate(invalid="ignore"):  # inf - inf in the simplex test where a candidate has no loss
+            res = minimize(objective, x0, method="Nelder-Mead",
+                           options={"xatol": 1e-3, "fatol": 1e-7, "maxfev": 60})
         values = dict(v0)
         if res.fun < loss0:
+            # rounded for a readable spec, then clipped again: rounding must not leave the searched range
             if family == "wsd":
-                values["decay"] = round(float(np.clip(res.x[0], 0.01, max_decay)), 4)
-            values["final_ratio"] = round(float(np.clip(res.x[-1], lo_final, 1.0)), 4)
+                values["decay"] = float(np.clip(round(float(res.x[0]), 4), 0.01, max_decay))
+            values["final_ratio"] = float(np.clip(round(float(res.x[-1]), 4), lo_final, 1.0))
         sched = _spec(family, peak, steps, warmup, values)
         loss = final_loss(sched)
         table.append({"shape": shape, "schedule": sched.to_spec(), "final_loss": loss})
@@ -204,7 +206,8 @@ def plan_schedule(fit: Any, steps: int, family: str = "wsd", *, peak: float | No
                                            "final_ratio": 0.0, "warmup": warmup})),
     }
     if not math.isfinite(best[0]):
-        raise ConfigError("the fitted law predicts no finite loss for this budget; check steps and peak")
+        raise ConfigError("the fitted law predicts no positive, finite loss for this budget (its extrapolation breaks "
+                          "down); check steps and peak")
     return SchedulePlan(best=best[1], best_loss=best[0], baselines=baselines, family=family, steps=steps, peak=peak,
                         warmup=warmup, evaluated=len(cache), law=fit.law, table=table,
                         min_final_ratio=float(floor))

@@ -135,38 +135,45 @@ def law_predict(law: Any, theta: np.ndarray, p: Any) -> np.ndarray:
 
 
 def extent(points: Sequence[Any]) -> dict[str, float]:
-    """How far the fitted data reach: last step, largest area ``S1`` and smallest LR after warmup.
+    """How far the fitted data reach: last step, largest area ``S1``, smallest LR after warmup and largest LR.
 
     >>> from types import SimpleNamespace as P
     >>> extent([P(lr=np.array([1.0, 2.0, 1.0, 0.5]), steps=np.array([2, 3]))])
-    {'steps': 3.0, 's1': 4.0, 'lr_min': 1.0}
+    {'steps': 3.0, 's1': 4.0, 'lr_min': 1.0, 'lr_max': 2.0}
     """
-    last, s1, lr_min = 0.0, 0.0, np.inf
+    last, s1, lr_min, lr_max = 0.0, 0.0, np.inf, 0.0
     for p in points:
         end = int(p.steps[-1])
         w = int(np.argmax(p.lr))
         last = max(last, float(end))
         s1 = max(s1, float(np.sum(p.lr[:end])))
         lr_min = min(lr_min, float(np.min(p.lr[w:end])))
-    return {"steps": last, "s1": s1, "lr_min": lr_min}
+        lr_max = max(lr_max, float(np.max(p.lr[:end])))
+    return {"steps": last, "s1": s1, "lr_min": lr_min, "lr_max": lr_max}
 
 
 def excess(lr: np.ndarray, steps: np.ndarray, ext: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
     """Extrapolation of a prediction at ``steps`` of a run with per-step ``lr`` beyond the fitted ``ext``.
 
     ``x_h = max(0, log(t / T_fit), log(S1(t) / S1_fit))`` (horizon: steps or LR area beyond the longest fitted
-    curve) and ``x_lr = max(0, log(lr_fit_min / lr(t)))`` (annealing deeper than any fitted LR; ``lr`` is
-    floored at 1 % of ``lr_fit_min``). Both are 0 inside the fitted range.
+    curve) and ``x_lr = max(0, log(lr_fit_min / lr(t)), log(lr(t) / lr_fit_max))`` (annealing deeper than any
+    fitted LR, or a rate above any fitted one; ``lr`` is floored at 1 % of ``lr_fit_min``). Both are 0 inside the
+    fitted range.
 
     >>> x_h, x_lr = excess(np.full(8, 1.0), np.array([2, 8]), {"steps": 4.0, "s1": 4.0, "lr_min": 1.0})
     >>> np.round(x_h, 4).tolist(), x_lr.tolist()
     ([0.0, 0.6931], [0.0, 0.0])
     """
     s1 = np.cumsum(lr)[steps - 1]
-    with np.errstate(divide="ignore"):
+    now = lr[steps - 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
         x_h = np.maximum.reduce([np.zeros(steps.size), np.log(steps / ext["steps"]), np.log(s1 / ext["s1"])])
-        floor = ext["lr_min"] * 1e-2
-        x_lr = np.maximum(0.0, np.log(ext["lr_min"] / np.maximum(lr[steps - 1], floor)))
+        x_lr = np.zeros(steps.size)
+        if ext["lr_min"] > 0:  # a fit down to lr 0 has nothing deeper to extrapolate to
+            x_lr = np.maximum(x_lr, np.log(ext["lr_min"] / np.maximum(now, ext["lr_min"] * 1e-2)))
+        if ext.get("lr_max", 0.0) > 0:  # fits saved before lr_max was recorded skip this term
+            x_lr = np.maximum(x_lr, np.log(now / ext["lr_max"]))
+        x_h = np.nan_to_num(x_h, nan=0.0)
     # rounding of the cumulative sum must not count as extrapolation
     return np.where(x_h > 1e-9, x_h, 0.0), np.where(x_lr > 1e-9, x_lr, 0.0)
 

@@ -76,6 +76,17 @@ def effective_lr(lr: np.ndarray, warmup: str) -> tuple[np.ndarray, np.ndarray, f
     return (clipped if warmup == "peak" else lr), clipped, peak, w
 
 
+def positive_area(s1: np.ndarray) -> np.ndarray:
+    """The forward area ``S1`` of every step with the steps before any learning (``S1 = 0``, e.g. a log that starts
+    at lr 0) given the area of the first step that has one: ``S1^-alpha`` is infinite at 0, and warmup is not modelled.
+
+    >>> positive_area(np.cumsum([0.0, 0.0, 1.0, 2.0])).tolist()
+    [1.0, 1.0, 1.0, 3.0]
+    """
+    positive = s1[s1 > 0]
+    return np.maximum(s1, positive[0]) if positive.size else np.maximum(s1, 1e-300)
+
+
 class Law(ABC):
     """Base class of the loss-curve laws (one subclass a file in ``losslab.forecast.laws``).
 

@@ -137,6 +137,11 @@ def _valid(pred: np.ndarray) -> bool:
     return bool(np.all(np.isfinite(pred)) and np.all(pred > 0))
 
 
+def _inside(law: Any, theta: np.ndarray) -> bool:
+    lo, hi = law.bounds()
+    return bool(np.all(theta >= lo) and np.all(theta <= hi))
+
+
 def fit_authors(law: Any, problems: Sequence[Any], *, delta: float = 1e-3, quiet: bool | None = None) -> Any:
     """Fit ``law`` (a :class:`~losslab.forecast.laws.MultiPowerLaw`) by the authors' two-stage procedure.
 
@@ -178,12 +183,20 @@ def fit_authors(law: Any, problems: Sequence[Any], *, delta: float = 1e-3, quiet
     y_log = np.concatenate(log_ys)
     best_theta = _unscaled(best_theta, k)
     pred, jac = _evaluated(law, best_theta, original)
-    if not _valid(pred) and np.isfinite(best):
+    if not (_valid(pred) and _inside(law, best_theta)) and np.isfinite(best):
         # the code keeps the parameters after the update of the best step; where those predict a non-positive loss
-        # (a first step that overshoots a small A), the parameters the best objective was measured at are kept
+        # or leave the law's bounds (a first step that overshoots a small A), the parameters the best objective was
+        # measured at are kept
         best_theta = _unscaled(best_before, k)
         pred, jac = _evaluated(law, best_theta, original)
-        reason += "; kept the parameters before the best step's update (those after it predict a loss <= 0)"
+        reason += ("; kept the parameters before the best step's update (those after it predict a loss <= 0 or "
+                   "leave the bounds)")
+    if not _inside(law, best_theta) and np.isfinite(best):
+        # their AdamW is unconstrained (A < 0 happens on clean synthetic curves): project onto the bounds
+        lo, hi = law.bounds()
+        best_theta = np.clip(best_theta, lo, hi)
+        pred, jac = _evaluated(law, best_theta, original)
+        reason += "; parameters outside the law's bounds were clipped to them"
     ok = bool(np.isfinite(best) and _valid(pred))
     final = float(huber(y_log - np.log(pred), delta).sum()) if ok else float("inf")
     x0 = _unscaled(np.array([*x1, *START]), k)

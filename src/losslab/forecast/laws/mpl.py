@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from losslab._errors import ConfigError
-from losslab.forecast.laws._base import WARMUP_MODES, Law, effective_lr
+from losslab.forecast.laws._base import WARMUP_MODES, Law, effective_lr, positive_area
 
 __all__ = ["MultiPowerLaw", "mpl_pairs"]
 
@@ -95,7 +95,7 @@ def mpl_pairs(lr: np.ndarray, steps: np.ndarray, warmup: str = "raw", exact: boo
     k = np.flatnonzero(delta_all != 0.0) + 1  # 1-based change points
     peak = float(lr_ann.max())
     log_eta_all = np.log(np.maximum(lr_ann[k - 1], _LR_FLOOR * peak))
-    s1 = np.cumsum(lr_area)[t - 1]
+    s1 = positive_area(np.cumsum(lr_area))[t - 1]
     if exact:
         ev, unit = _pairs_of(t, np.zeros_like(t), np.searchsorted(k, t, side="right"))
         d, cp, le = delta_all[k - 1][unit], c[k - 1][unit], log_eta_all[unit]
@@ -310,7 +310,7 @@ class MultiPowerLaw(Law):
             per_step = np.minimum(per_step, LEVELS[0][1] + LEVELS[1][1] // LEVELS[0][0] + lr.size // LEVELS[1][0])
         n_pairs = int(per_step.sum())
         l0, a, alpha, b = theta[:4]
-        s1 = np.cumsum(lr_area)[steps - 1]
+        s1 = positive_area(np.cumsum(lr_area))[steps - 1]
         if n_pairs <= DENSE_BUDGET or explicit:
             return l0 + a * s1 ** (-alpha) - b * self._ld_at(theta, lr, steps, int(per_step.max()))
         knots = self._knots(steps, kpos, np.abs(delta[kpos - 1]), float(lr_ann.max()), n_pairs / steps.size)

@@ -9,11 +9,10 @@ import numpy as np
 from scipy.signal import lfilter
 
 from losslab._errors import ConfigError
-from losslab.forecast.laws._base import WARMUP_MODES, Law, effective_lr
+from losslab.forecast.laws._base import WARMUP_MODES, Law, effective_lr, positive_area
 
 __all__ = ["TissueLaw", "annealing_areas"]
 
-_TINY = 1e-300
 
 
 def annealing_areas(lr: np.ndarray, lam: float = 0.999, warmup: str = "area",
@@ -127,7 +126,7 @@ class TissueLaw(Law):
         idx = np.asarray(steps, dtype=np.int64) - 1
         s1, s2 = annealing_areas(lr, float(self.options["lam"]), self.options["warmup"])
         s2_at = None if self.options["fit_lambda"] else s2[idx]
-        return _TissueFeatures(lr, idx, np.log(np.maximum(s1[idx], _TINY)), s2_at)
+        return _TissueFeatures(lr, idx, np.log(positive_area(s1)[idx]), s2_at)
 
     def evaluate(self, theta: np.ndarray, feats: _TissueFeatures, jac: bool = False) -> Any:
         """Loss and, with ``jac``, the Jacobian in the active parameters."""
