@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -64,6 +65,24 @@ def main(out: Path) -> None:
                          "expected_per_param": per_param,
                          "got_per_param": {n: sharded.history[f"grad_norm/{n}"][-1] for n in per_param},
                          "loss": sharded.history["loss"][-1]}
+    # 3. Ranks passing different inputs (logits on rank 1 only, then the loss omitted on rank 1): no abort, no
+    # hang, a warning on every rank, local values for that step, and the next matching step is reduced again.
+    torch.manual_seed(2)
+    mixed = DDP(nn.Linear(4, 3))
+    monitor = TrainingMonitor(mixed, every_n_steps=1, detectors={})
+    warned = []
+    for step in range(3):
+        logits = mixed(torch.randn(2, 4) + rank)
+        loss = logits.pow(2).mean()
+        loss.backward()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            monitor.step(loss=None if (step == 1 and rank == 1) else float(rank + 1),
+                         logits=logits if (step == 0 and rank == 1) else None)
+        warned.append([str(w.message) for w in caught])
+        mixed.zero_grad()
+    result["mismatch"] = {"loss": monitor.history["loss"], "warned": warned,
+                          "events": [e.message for e in monitor.events]}
     (out / f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()
     dist.destroy_process_group()

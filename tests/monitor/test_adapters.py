@@ -150,3 +150,83 @@ def test_hf_trainer_feeds_the_monitor(tmp_path, monkeypatch):
     assert (log.columns["grad_norm"] > 0).all()
     assert math.isfinite(log.columns["logits/lse_mean"][0]) and math.isfinite(log.columns["update_ratio"][3])
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_lightning_gradient_accumulation_logs_the_step_loss_not_loss_over_k():
+    pl = pytest.importorskip("lightning.pytorch")
+    from losslab.monitor import LightningMonitorCallback
+
+    class Constant(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(1, 1, bias=False)
+            nn.init.zeros_(self.lin.weight)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return ((self.lin(x) - y) ** 2).mean()  # lr = 0: every micro-batch loss is exactly 4
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(8, 1), torch.full((8, 1), 2.0)),
+                                         batch_size=1)
+    monitor = TrainingMonitor(detectors={})
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, accumulate_grad_batches=4, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[LightningMonitorCallback(monitor)])
+    trainer.fit(Constant(), loader)
+    assert monitor.history["step"] == [1, 2]
+    assert monitor.history["loss"] == pytest.approx([4.0, 4.0], rel=1e-6)
+
+
+def test_hf_gradient_accumulation_with_loss_kwargs_matches_the_trainer_log(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    from losslab.monitor import HFMonitorCallback
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_DISABLED", "true")
+
+    class Config(transformers.PretrainedConfig):
+        model_type = "losslab-tiny-kwargs"
+
+    class TokenModel(transformers.PreTrainedModel):
+        """Sums the per-token losses and divides by num_items_in_batch when the Trainer passes it."""
+
+        config_class = Config
+
+        def __init__(self, config: Config) -> None:
+            super().__init__(config)
+            self.body = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+            self.post_init()
+
+        def forward(self, x, labels=None, **kwargs):
+            logits = self.body(x)
+            n = kwargs.get("num_items_in_batch")
+            loss = nn.functional.cross_entropy(logits, labels, reduction="sum" if n is not None else "mean")
+            return {"loss": loss / n if n is not None else loss, "logits": logits}
+
+    class DS(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            g = torch.Generator().manual_seed(1)
+            self.x = torch.randn(64, 6, generator=g)
+            self.y = torch.randint(0, 3, (64,), generator=g)
+
+        def __len__(self) -> int:
+            return 64
+
+        def __getitem__(self, i):
+            return {"x": self.x[i], "labels": self.y[i]}
+
+    model = TokenModel(Config())
+    monitor = TrainingMonitor(detectors={})
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=2,
+                                          gradient_accumulation_steps=4, learning_rate=1e-2, report_to="none",
+                                          save_strategy="no", logging_steps=1, use_cpu=True,
+                                          dataloader_num_workers=0, disable_tqdm=True)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=DS(), callbacks=[HFMonitorCallback(monitor)])
+    assert trainer.model_accepts_loss_kwargs
+    trainer.train()
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
+    assert len(logged) == 3
+    assert monitor.history["loss"] == pytest.approx([float(v) for v in logged], rel=1e-5)

@@ -57,3 +57,24 @@ def test_plot_monitor_returns_a_figure_with_panels():
     assert any("loss event" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
     with pytest.raises(DataError, match="needs a 'step' column"):
         plot_monitor({"loss": [1.0]})
+
+
+@pytest.mark.parametrize(("name", "content", "match"), [
+    ("junk.csv", b"\x03\x14\xa0\x06\\\tj\xec$\x1b\xcf3r", "line 1 is not UTF-8"),
+    ("png.jsonl", b"\x89PNG\r\n\x1a\n\x00\x00", "line 1 is not UTF-8"),
+    ("evnum.csv", b"step,loss,events,extra\n1,2.0,5,\n", ":2: cannot parse the row (events must be a list"),
+    ("extrastr.csv", b'step,loss,events,extra\n1,2.0,,"{""x"":""abc""}"\n', "metric 'x' is 'abc', not a number"),
+    ("strloss.jsonl", b'{"step":1,"loss":"abc","events":[]}\n', ":1: cannot parse the JSON line (metric 'loss'"),
+    ("listloss.jsonl", b'{"step":1,"loss":[1,2],"events":[]}\n', "metric 'loss' is [1, 2], not a number"),
+    ("evstep.jsonl", b'{"step":1,"loss":1,"events":[{"step":"x"}]}\n', "event step 'x' is not a whole number"),
+    ("evdict.jsonl", b'{"step":1,"loss":1,"events":{"step":1}}\n', "events must be a list of objects"),
+])
+def test_show_malformed_files_are_one_line_data_errors(tmp_path, capsys, name, content, match):
+    from losslab.cli import main
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    for extra in ([], ["--json"]):
+        assert main(["monitor", "show", str(path), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("losslab: error: ") and match in err and err.count("\n") == 1

@@ -45,3 +45,8 @@ def test_ddp_reduction_and_rank0_only_writes(tmp_path):
     assert log.steps.tolist() == [1, 2, 3, 4]
     assert log.columns["loss"].tolist() == pytest.approx(ranks[0]["ddp"]["expected_loss"], rel=1e-6)
     assert (tmp_path / "ddp.csv").read_text().count("\n") == 5
+    for r, res in enumerate(ranks):  # inputs that differ between ranks: skipped reduction, no hang
+        mismatch = res["mismatch"]
+        assert mismatch["loss"] == [float(r + 1), None if r == 1 else 1.0, 1.5]  # local, local, mean of 1 and 2
+        assert ["ranks measured different metrics" in " ".join(w) for w in mismatch["warned"]] == [True, True, False]
+        assert sum("ranks measured different metrics" in m for m in mismatch["events"]) == 2

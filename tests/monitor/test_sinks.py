@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -234,3 +235,78 @@ def test_csv_and_jsonl_round_trip_any_float(tmp_path_factory, rows):
             got = log.columns[key].tolist() if key in log.columns else [math.nan] * len(rows)
             want = [math.nan if r[key] is None else r[key] for r in rows]
             assert [repr(g) for g in got] == [repr(float(w)) for w in want], (name, key)
+
+
+def _disk_full(monkeypatch):
+    """Make every append of a file sink fail like a full disk; returns the list of attempts."""
+    from losslab.monitor import _sinks
+
+    attempts: list[int] = []
+
+    def full(self, text):
+        attempts.append(len(text))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_sinks._AppendFile, "append", full)
+    return attempts
+
+
+def test_a_failing_file_keeps_bounded_memory_and_backs_off(tmp_path, monkeypatch):
+    from losslab.monitor import _sinks
+
+    real_append = _sinks._AppendFile.append
+    attempts = _disk_full(monkeypatch)
+    sink = JSONLSink(tmp_path / "log.jsonl", max_pending=5)
+    with pytest.warns(RuntimeWarning, match="newest 5 rows") as record:
+        for step in range(1, 101):
+            sink.write(step, {"loss": float(step)}, [])
+            with contextlib.suppress(OSError):
+                sink.flush()
+    assert len(record) == 1  # one warning for the whole outage
+    assert len(sink._pending) == 5 and sink.dropped == 95 and sink.failing
+    assert len(attempts) <= 8  # 100 flushes, attempts after 1, 2, 4, 8, ... skipped flushes
+    assert all(n <= 5 * len('{"step":100,"loss":100.0,"events":[]}\n') for n in attempts)  # never the whole history
+    monkeypatch.setattr(_sinks._AppendFile, "append", real_append)  # the disk has room again
+    sink.close()  # close always tries once more
+    assert not sink.failing and sink.last_outage_dropped == 95
+    assert read_log(tmp_path / "log.jsonl").steps.tolist() == [96, 97, 98, 99, 100]
+
+
+def test_csv_header_survives_dropped_rows(tmp_path, monkeypatch):
+    from losslab.monitor import _sinks
+
+    real_append = _sinks._AppendFile.append
+    _disk_full(monkeypatch)
+    sink = CSVSink(tmp_path / "log.csv", max_pending=2)
+    with pytest.warns(RuntimeWarning, match="newest 2 rows"):
+        for step in range(1, 6):
+            sink.write(step, {"loss": float(step)}, [])
+            with contextlib.suppress(OSError):
+                sink.flush()
+    monkeypatch.setattr(_sinks._AppendFile, "append", real_append)
+    sink.close()
+    assert (tmp_path / "log.csv").read_text().splitlines() == ["step,loss,events,extra", "4,4.0,,", "5,5.0,,"]
+
+
+def test_monitor_reports_a_sink_outage_once_and_its_recovery(tmp_path, monkeypatch):
+    from losslab.monitor import _sinks
+
+    real_append = _sinks._AppendFile.append
+    _disk_full(monkeypatch)
+    monitor = TrainingMonitor(sinks=[JSONLSink(tmp_path / "log.jsonl", max_pending=10)], detectors={})
+    with pytest.warns(Warning):
+        for v in range(50):
+            monitor.step(loss=float(v))
+    problems = [e for e in monitor.events if e.metric == "monitor"]
+    assert len(problems) == 1 and "No space left" in problems[0].message
+    monkeypatch.setattr(_sinks._AppendFile, "append", real_append)
+    for v in range(50, 2000):
+        monitor.step(loss=float(v))
+        if not monitor.sinks[0].failing:
+            break
+    monitor.close()
+    problems = [e for e in monitor.events if e.metric == "monitor"]
+    assert len(problems) == 2 and "works again" in problems[1].message
+    log = read_log(tmp_path / "log.jsonl")
+    assert log.steps[-1] == monitor.step_count and len(log) >= 10
+    assert f"{int(log.steps[0]) - 1} row(s) were dropped" in problems[1].message

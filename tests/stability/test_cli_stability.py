@@ -57,3 +57,36 @@ def test_spikes_cli(tmp_path, capsys):
 def test_stability_without_subcommand_prints_help(capsys):
     assert main(["stability"]) == 2
     assert "sensitivity" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["spikes"], ["sensitivity", "--init-loss", "3"]])
+@pytest.mark.parametrize(("content", "match"), [
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "line 1 is not UTF-8 text (byte 0x89)"),
+    (b"lr,final_loss,loss\n0.1,2.0,1.0\n\xa0\xa1,3\n", "line 3 is not UTF-8"),
+])
+def test_cli_binary_or_broken_csv_is_a_one_line_error(tmp_path, capsys, command, content, match):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    code = main(["stability", command[0], str(path), *command[1:]])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("losslab: error:") and match in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_spikes_cli_empty_step_cell_is_a_one_line_error(tmp_path, capsys):
+    csv = _write(tmp_path / "log.csv", "step,loss\n1,2.0\n,3.0\n")
+    assert main(["stability", "spikes", csv]) == 2
+    err = capsys.readouterr().err
+    assert "line 3: step '' is not a whole number" in err and len(err.strip().splitlines()) == 1
+
+
+def test_spikes_cli_json_is_strict_with_non_finite_values(tmp_path, capsys):
+    csv = _write(tmp_path / "log.csv", "step,loss\n1,1\n2,inf\n3,nan\n")
+    assert main(["stability", "spikes", csv, "--detector", "nonfinite", "--json"]) == 0
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    events = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert [(e["step"], e["value"], e["score"]) for e in events] == [(2, "Infinity", "Infinity"),
+                                                                     (3, None, "Infinity")]

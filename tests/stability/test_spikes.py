@@ -243,3 +243,10 @@ def test_registry_lists_all_detectors_with_references():
     for info in registry:
         assert info.kind == "detector" and info.reference and info.summary
         assert isinstance(info.obj() if info.name != "threshold" else info.obj(max_value=1.0), SpikeDetector)
+
+
+def test_ratio_detector_flags_a_value_exactly_on_the_boundary():
+    # mean(1, 2.25, 4.5) = 31/12 is rounded in binary; 7.75 is exactly 3x it and must count (x >= ratio * m)
+    events = detect_spikes([1.0, 2.25, 4.5, 7.75], RatioDetector(ratio=3.0, window=3))
+    assert [e.step for e in events] == [4]
+    assert detect_spikes([1.0, 2.25, 4.5, 7.74], RatioDetector(ratio=3.0, window=3)) == []

@@ -58,10 +58,14 @@ def _usage(parser: argparse.ArgumentParser) -> Any:
 
 
 def _read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
+    from losslab._files import read_text_lines
+
+    reader = csv.DictReader(read_text_lines(path))
+    try:
         rows = list(reader)
-        fields = list(reader.fieldnames or [])
+    except csv.Error as exc:
+        raise DataError(f"{path} line {reader.line_num}: not a readable CSV row ({exc})") from None
+    fields = list(reader.fieldnames or [])
     if not rows:
         raise DataError(f"{path} has no data rows; it needs a header line and one row per run/step")
     return fields, rows
@@ -74,6 +78,25 @@ def _number(text: str | None, what: str, line: int, path: str) -> float:
         return float(text)
     except ValueError:
         raise DataError(f"{path} line {line}: {what} {text!r} is not a number") from None
+
+
+def _step(text: str | None, line: int, path: str, column: str) -> int:
+    value = _number(text, column, line, path)
+    if not math.isfinite(value) or not value.is_integer():
+        raise DataError(f"{path} line {line}: {column} {text!r} is not a whole number; every row needs its step "
+                        f"(or pass --step-column to a column that holds them)")
+    return int(value)
+
+
+def _json_safe(x: Any) -> Any:
+    """Strict JSON: NaN becomes null and infinities the strings "Infinity"/"-Infinity" (as ``monitor show``)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
 
 
 def _need(fields: list[str], column: str, path: str, flag: str) -> None:
@@ -121,7 +144,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         result.plot(title=f"LR sensitivity: {Path(path).name}").savefig(args.plot, dpi=120)
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(json.dumps(_json_safe(out), indent=2, allow_nan=False))
     else:
         for name, o in out.items():
             print(f"{name}: LR sensitivity {o['lr_sensitivity']:.4g} (ℓ0 {o['init_loss']:.4g}, "
@@ -146,11 +169,11 @@ def run_spikes(args: argparse.Namespace) -> int:
     fields, rows = _read_csv(args.log)
     _need(fields, args.column, args.log, "--column")
     values = [_number(r[args.column], args.column, i, args.log) for i, r in enumerate(rows, start=2)]
-    steps = ([int(_number(r[args.step_column], args.step_column, i, args.log)) for i, r in enumerate(rows, start=2)]
+    steps = ([_step(r[args.step_column], i, args.log, args.step_column) for i, r in enumerate(rows, start=2)]
              if args.step_column in fields else list(range(1, len(rows) + 1)))
     events = [e for step, v in zip(steps, values) if (e := detector.update(v, step=step, metric=args.column))]
     if args.json:
-        print(json.dumps([e.to_dict() for e in events], indent=2))
+        print(json.dumps([_json_safe(e.to_dict()) for e in events], indent=2, allow_nan=False))
     else:
         print(f"{len(events)} spike(s) in {len(values)} values of {args.column!r} ({detector!r})")
         for e in events:

@@ -86,17 +86,28 @@ class TrainingMonitor(MonitorMeasure, MonitorResults):
       :meth:`watch_attention`, ``attn/max_logit`` and ``attn/max_logit/<module>``.
 
     A layer is a module path (``per_layer="module"``: weight and bias of a Linear together) or a single
-    parameter (``"param"``); ``"none"`` records the global norms only. The layer list is fixed at the first step.
+    parameter (``"param"``); ``"none"`` records the global norms only. The layer list is fixed at the first step
+    and covers every parameter of the model, frozen ones included: a parameter without ``.grad`` counts as
+    absent, so layers unfrozen later (gradual unfreezing) are measured - and clipped by :meth:`clip_grad_norm_` -
+    from the step they get gradients. Per-layer columns appear for the layers trainable at the first step and
+    for any layer once it has had a gradient (in a CSV whose header is already written, such a late layer goes
+    to the ``extra`` cell). The update ratio covers the parameters with ``requires_grad`` at ``before_step``.
 
     Cost: all of a step's values stay on the device, are stacked into one tensor and reach the host in ONE
-    transfer (one synchronisation) per step, after an optional single ``all_gather`` across ranks.
+    transfer (one synchronisation) per step; under ``torch.distributed`` a small header (number and checksum of
+    the metric names) is all-gathered and read first, then the vector is reduced with one ``all_gather``.
 
     Spikes: each metric in ``detectors`` (default: ``loss`` and ``grad_norm``, each with a
     :class:`~losslab.stability.ZScoreDetector` (window 128, 6 sigma, 64 values of history) and a
     :class:`~losslab.stability.NonFiniteDetector`) is fed every step; events (step, metric, value, score,
-    detector, message) go to ``monitor.events``, to the sinks and are returned by :meth:`step`.
+    detector, message) go to ``monitor.events`` (the newest ``max_events``; :attr:`n_events` counts them all),
+    to the sinks and are returned by :meth:`step`. Spikes do not enter a detector's history, so after an upward
+    level shift every later step would be flagged: when one detector flags ``level_shift_after`` steps of a
+    metric in a row, the monitor records ONE ``level_shift`` event instead, resets that detector (it learns the
+    new level from the next values) and stays silent for that detector until a step is not flagged.
 
-    Distributed: under ``torch.distributed`` every rank calls the monitor the same way. Losses are averaged over
+    Distributed: under ``torch.distributed`` every rank calls the monitor the same way (if the ranks measured
+    different metrics in a step, every rank warns and keeps its own values for it instead of hanging). Losses are averaged over
     ranks, maxima (logits, attention) are maxed, and sums of squares over gradients/parameters are averaged when
     ``grads_synchronized=True`` (DDP: after backward every rank holds the same averaged gradient, so the local
     norm already is the global one) or summed when ``False`` (each rank holds a disjoint shard, e.g. ZeRO/FSDP
@@ -121,6 +132,9 @@ class TrainingMonitor(MonitorMeasure, MonitorResults):
         track_update_ratio: snapshot parameters in ``before_step`` on sampled steps (one extra copy of the
             parameters, kept between sampled steps so that no memory is allocated per step; set ``False`` when
             memory is tight).
+        max_events: how many of the newest events :attr:`events` keeps (the sinks get them all). Default 10000.
+        level_shift_after: consecutive flagged steps (one detector, one metric) taken as a level shift (see
+            Spikes). Default 32.
         grads_synchronized: see Distributed.
         process_group: process group for the reduction (default: world).
 
@@ -130,7 +144,7 @@ class TrainingMonitor(MonitorMeasure, MonitorResults):
         >>> loss = model(torch.ones(2, 3)).pow(2).mean(); loss.backward()
         >>> with monitor.stepping(loss=loss):
         ...     opt.step()
-        >>> monitor.events
+        >>> list(monitor.events)
         []
         >>> sorted(k for k in monitor.history if not k.startswith(("grad_norm/", "update_ratio/")))[:4]
         ['adam/tiny_v_frac', 'grad_norm', 'loss', 'lr']
@@ -160,8 +174,11 @@ class TrainingMonitor(MonitorMeasure, MonitorResults):
         track_update_ratio: bool = True,
         grads_synchronized: bool = True,
         process_group: Any = None,
+        max_events: int = 10_000,
+        level_shift_after: int = 32,
     ) -> None:
-        for name, value in (("every_n_steps", every_n_steps), ("flush_every", flush_every)):
+        for name, value in (("every_n_steps", every_n_steps), ("flush_every", flush_every),
+                            ("max_events", max_events), ("level_shift_after", level_shift_after)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}; e.g. {name}=10")
         if per_layer not in _PER_LAYER:
@@ -197,17 +214,22 @@ class TrainingMonitor(MonitorMeasure, MonitorResults):
         self.step_count = 0
         self.events: list[SpikeEvent] = []
         self.n_events = 0
+        self.max_events = max_events
+        self.level_shift_after = level_shift_after
+        self._flag_runs: dict[tuple[str, int], int] = {}  # (metric, detector index) -> consecutive flagged steps
         self._columns: list[str] = []
         self._history: dict[str, list[float | None]] = {"step": []}
         self._params: list[nn.Parameter] | None = None
         self._layers: list[str] = []
         self._group_of: list[int] = []
+        self._shown: list[bool] = []
         self._index_cache: dict[tuple[Any, ...], Tensor] = {}
         self._pre: dict[str, Any] | None = None
         self._snap_buf: list[Tensor] | None = None
         self._attn = AttentionHooks()
         self._warned: set[str] = set()
         self._errors: list[str] = []
+        self._sink_down: dict[int, int] = {}  # failing sinks -> failed calls in the current outage
         self._closed = False
 
     # ------------------------------------------------------------------ layout and helpers
@@ -332,12 +354,12 @@ class TrainingMonitor(MonitorMeasure, MonitorResults):
             dist.all_reduce(total_sq, group=self.process_group)
         total = total_sq.sqrt()
         coef = torch.clamp(limit / (total + 1e-6), max=1.0)
-        by_device: dict[torch.device, list[Tensor]] = {}
-        for p in self._params:
+        by_device: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for p in self._params:  # every parameter of the model, frozen at the first step or not
             if p.grad is not None and not p.grad.is_sparse:
-                by_device.setdefault(p.grad.device, []).append(p.grad)
-        for device, grads in by_device.items():
-            torch._foreach_mul_(grads, coef.to(device=device, dtype=grads[0].dtype))
+                by_device.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+        for (device, dtype), grads in by_device.items():
+            torch._foreach_mul_(grads, coef.to(device=device, dtype=dtype))
         return total
 
     @contextmanager
@@ -373,8 +395,7 @@ class TrainingMonitor(MonitorMeasure, MonitorResults):
         except Exception as exc:  # last line of defence: the loop must go on
             self._problem("step", exc)
             events = self._drain_errors(self.step_count)
-            self.events.extend(events)
-            self.n_events += len(events)
+            self._keep_events(events)
             return events
 
     def _expected_columns(self) -> list[str]:
@@ -388,9 +409,10 @@ class TrainingMonitor(MonitorMeasure, MonitorResults):
         if self._attn.names:
             cols.append("attn/max_logit")
         if self.per_layer != "none" and self._params is not None:
-            cols += [f"grad_norm/{n}" for n in self._layers]
+            shown = [n for n, ok in zip(self._layers, self._shown) if ok]
+            cols += [f"grad_norm/{n}" for n in shown]
             if self.track_update_ratio:
-                cols += [f"update_ratio/{n}" for n in self._layers]
+                cols += [f"update_ratio/{n}" for n in shown]
         cols += [f"attn/max_logit/{n}" for n in self._attn.names]
         return cols
 
@@ -405,12 +427,13 @@ class TrainingMonitor(MonitorMeasure, MonitorResults):
             value = row.get(metric)
             if value is None:
                 continue
-            for det in dets:
+            for i, det in enumerate(dets):
                 try:
                     ev = det.update(value, step, metric)
                 except Exception as exc:
                     self._problem(f"detector {getattr(det, 'name', det)!r}", exc)
                     continue
+                ev = self._level_shift(metric, i, det, ev, step, value)
                 if ev is not None:
                     events.append(ev)
         bad = [k[len("grad_norm/"):] for k, v in row.items()
@@ -426,6 +449,7 @@ class TrainingMonitor(MonitorMeasure, MonitorResults):
                 self._history[key] = [None] * len(self._history["step"])
         sinks_rank0 = dist_info(self.process_group)[0] == 0
         full = {c: row.get(c) for c in self._columns}
+        events.extend(self._drain_errors(step))  # this step's monitor problems go to the sinks too
         if sinks_rank0:
             def write(sink: MonitorSink) -> None:
                 sink.write(step, full, [e.to_dict() for e in events])
@@ -433,14 +457,43 @@ class TrainingMonitor(MonitorMeasure, MonitorResults):
                     sink.flush()
 
             self._on_sinks(write)
-        events.extend(self._drain_errors(step))
+        events.extend(self._drain_errors(step))  # problems of the sinks themselves (reach the next rows' sinks)
         if self.keep_history:
             self._history["step"].append(step)
             for c in self._columns:
                 self._history[c].append(row.get(c))
+        self._keep_events(events)
+        return events
+
+    def _level_shift(self, metric: str, index: int, det: SpikeDetector, event: SpikeEvent | None, step: int,
+                     value: float) -> SpikeEvent | None:
+        """Turn ``level_shift_after`` consecutive events of one detector into one ``level_shift`` event."""
+        key = (metric, index)
+        if event is None:
+            self._flag_runs.pop(key, None)
+            return None
+        run = self._flag_runs.get(key, 0) + 1
+        self._flag_runs[key] = run
+        if run < self.level_shift_after:
+            return event
+        if run > self.level_shift_after:
+            return None  # the detector keeps flagging after its reset (e.g. a run of NaN): already reported
+        try:
+            det.reset()
+        except Exception as exc:
+            self._problem(f"detector {getattr(det, 'name', det)!r}", exc)
+        return SpikeEvent(step, metric, value, event.score, "level_shift",
+                          f"{metric} was flagged by {getattr(det, 'name', type(det).__name__)} on "
+                          f"{run} steps in a row up to step {step}: taken as a level shift; the detector was "
+                          f"reset to learn the new level (no further events from it until a step is not flagged)")
+
+    def _keep_events(self, events: list[SpikeEvent]) -> None:
+        """Append to :attr:`events`, keeping the newest ``max_events``; :attr:`n_events` counts every event."""
         self.events.extend(events)
         self.n_events += len(events)
-        return events
+        excess = len(self.events) - self.max_events
+        if excess > 0:
+            del self.events[:excess]
 
     def __enter__(self) -> TrainingMonitor:
         return self

@@ -32,7 +32,12 @@ class HFMonitorCallback(_tf.TrainerCallback):  # type: ignore[misc,name-defined]
     puts a forward hook on the model at ``on_train_begin`` that keeps the ``loss`` (and, on sampled steps, the
     ``logits``) of the model output - a ``ModelOutput``/dict with a ``loss`` key or a tuple whose first item is
     the loss, which is what a model returns when it computes its own loss. The loss of a step is the mean over
-    its gradient-accumulation micro-batches. Hooks used:
+    its gradient-accumulation micro-batches - except when the Trainer passes ``num_items_in_batch`` to the
+    model (models that accept loss kwargs, e.g. every causal LM of ``transformers``): then each micro-batch loss
+    is already the micro-batch's share of the step's loss (summed tokens divided by the step's token count), so
+    the micro-batch losses are summed, and multiplied by the world size when ``average_tokens_across_devices``
+    divides by the token count of all ranks. Either way the logged loss is the Trainer's own ``loss``. Hooks
+    used:
 
     - ``on_pre_optimizer_step``: :meth:`TrainingMonitor.before_step` (gradients are already clipped here when
       ``max_grad_norm > 0``: the Trainer clips before this hook, so ``grad_norm`` is the clipped norm - the
@@ -61,22 +66,25 @@ class HFMonitorCallback(_tf.TrainerCallback):  # type: ignore[misc,name-defined]
         self.monitor = monitor
         self._handle: Any = None
         self._losses: list[Tensor] = []
+        self._shares = False  # the micro-batch losses were normalised by the step's num_items_in_batch
         self._logits: Tensor | None = None
         self._next_step = 1
 
-    def _hook(self, module: Any, args: Any, output: Any) -> None:
+    def _hook(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
         if not module.training:
             return
         loss, logits = _loss_and_logits(output)
         if loss is not None:
             self._losses.append(loss.detach().float().mean())
+            if isinstance(kwargs, Mapping) and kwargs.get("num_items_in_batch") is not None:
+                self._shares = True
         if logits is not None and self.monitor.is_sampled(self._next_step):
             self._logits = logits.detach()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         """Hook the model's forward to capture the loss."""
         if model is not None and self._handle is None:
-            self._handle = model.register_forward_hook(self._hook)
+            self._handle = model.register_forward_hook(self._hook, with_kwargs=True)
         self._next_step = int(state.global_step) + 1
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -86,10 +94,18 @@ class HFMonitorCallback(_tf.TrainerCallback):  # type: ignore[misc,name-defined]
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Record the step."""
         step = int(state.global_step) + 1
-        loss = sum(self._losses) / len(self._losses) if self._losses else None
+        loss: Any = None
+        if self._losses:
+            loss = sum(self._losses)
+            if self._shares:  # shares of the step's loss: their sum is the loss (see the class docstring)
+                world = int(getattr(args, "world_size", 1) or 1)
+                if world > 1 and getattr(args, "average_tokens_across_devices", False):
+                    loss = loss * world
+            else:
+                loss = loss / len(self._losses)
         self.monitor.step(loss=loss, model=kwargs.get("model"), optimizer=kwargs.get("optimizer"),
                           logits=self._logits, step=step)
-        self._losses, self._logits = [], None
+        self._losses, self._logits, self._shares = [], None, False
         self._next_step = step + 1
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from losslab._errors import require
 from losslab.monitor._core import TrainingMonitor
 
@@ -20,9 +23,11 @@ class LightningMonitorCallback(_pl.Callback):  # type: ignore[misc,name-defined]
 
     - ``on_before_optimizer_step``: :meth:`TrainingMonitor.before_step` - Lightning calls it after the
       gradients are accumulated and *before* it clips them, so ``grad_norm`` is the unclipped norm;
-    - ``on_train_batch_end``: :meth:`TrainingMonitor.step` with ``outputs["loss"]`` (and ``outputs["logits"]``
+    - ``on_train_batch_end``: :meth:`TrainingMonitor.step` with the step's loss (and ``outputs["logits"]``
       when ``training_step`` returns them), only on batches that ended with an optimizer step; the step number
-      is ``trainer.global_step``;
+      is ``trainer.global_step``. With ``accumulate_grad_batches=k`` Lightning hands ``outputs["loss"]``
+      divided by ``k``; the callback multiplies it back and logs the mean over the step's micro-batches, so the
+      logged loss is the one ``training_step`` returned (not ``loss / k`` of the last micro-batch);
     - ``on_train_end``: flush the sinks (call ``monitor.close()`` yourself when done);
     - ``state_dict``/``load_state_dict``: the monitor's state travels in Lightning checkpoints, so a resumed
       fit continues the detector windows.
@@ -48,6 +53,7 @@ class LightningMonitorCallback(_pl.Callback):  # type: ignore[misc,name-defined]
             raise ConfigError(f"LightningMonitorCallback needs a TrainingMonitor, got {type(monitor).__name__}")
         self.monitor = monitor
         self._last_recorded = -1
+        self._losses: list[Any] = []  # this step's micro-batch losses (device tensors or floats), undivided
 
     @property
     def state_key(self) -> str:
@@ -61,10 +67,25 @@ class LightningMonitorCallback(_pl.Callback):  # type: ignore[misc,name-defined]
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Record the step once per optimizer step."""
         step = int(trainer.global_step)
+        try:
+            micro = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+            if micro is not None:  # Lightning divided it by accumulate_grad_batches: undo that
+                k = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+                micro = micro.detach().float().mean() if isinstance(micro, Tensor) else float(micro)
+                self._losses.append(micro * k)
+        except Exception as exc:
+            self.monitor._problem("Lightning loss", exc)
         if step <= self._last_recorded or step == 0:
             return  # gradient accumulation: no optimizer step on this batch
         self._last_recorded = step
-        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        losses, self._losses = self._losses, []
+        loss: Any = None
+        if losses:
+            try:
+                device = next((v.device for v in losses if isinstance(v, Tensor)), None)
+                loss = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device) for v in losses]).mean()
+            except Exception as exc:
+                self.monitor._problem("Lightning loss", exc)
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
         optimizers = trainer.optimizers
         optimizer = getattr(optimizers[0], "optimizer", optimizers[0]) if optimizers else None

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from losslab._errors import DataError
+from losslab._files import read_text_lines
 
 __all__ = ["MonitorLog", "format_summary", "read_log", "summary_stats"]
 
@@ -28,6 +29,31 @@ def _from_json(x: Any) -> Any:
     if isinstance(x, str) and x in _NONFINITE:
         return _NONFINITE[x]
     return x
+
+
+def _metric(name: str, x: Any) -> float | None:
+    """A metric value of a log row: a number, a non-finite string ("NaN", "Infinity", "-Infinity") or null."""
+    x = _from_json(x)
+    if x is None:
+        return None
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ValueError(f"metric {name!r} is {x!r}, not a number")
+    return float(x)
+
+
+def _events(cell: Any, step: int) -> list[dict[str, Any]]:
+    """The events of one row: a list of objects whose ``step`` (default: the row's) is a whole number."""
+    if not isinstance(cell, list) or not all(isinstance(e, dict) for e in cell):
+        raise ValueError(f"events must be a list of objects, got {json.dumps(cell)[:60]}")
+    out = []
+    for e in cell:
+        event = {k: _from_json(v) for k, v in e.items()}
+        at = event.get("step", step)
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or not float(at).is_integer():
+            raise ValueError(f"event step {at!r} is not a whole number")
+        event["step"] = int(at)
+        out.append(event)
+    return out
 
 
 @dataclass
@@ -76,7 +102,7 @@ def _table(rows: list[dict[str, Any]], dedupe: bool) -> dict[str, np.ndarray]:
 
 
 def _read_lines(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8")
+    text = read_text_lines(path).read()
     lines = text.split("\n")
     if lines and lines[-1] != "":
         warnings.warn(f"{path}: ignoring an incomplete last line (the writer was interrupted)", RuntimeWarning,
@@ -88,6 +114,13 @@ def _parse_csv(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     lines = _read_lines(path)
     if not lines:
         raise DataError(f"{path} is empty; a monitor CSV starts with a header line 'step,...,events,extra'")
+    try:
+        return _parse_csv_lines(path, lines)
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a readable CSV file ({exc}); the file is corrupt") from None
+
+
+def _parse_csv_lines(path: Path, lines: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     reader = csv.reader(lines)
     header = next(reader)
     if not header or header[0] != "step" or header[-2:] != ["events", "extra"]:
@@ -104,10 +137,13 @@ def _parse_csv(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             for name, cell in zip(header[1:-2], cells[1:-2]):
                 row[name] = float(cell) if cell != "" else None
             if cells[-1]:
-                row.update({k: _from_json(v) for k, v in json.loads(cells[-1]).items()})
+                extra = json.loads(cells[-1])
+                if not isinstance(extra, dict):
+                    raise ValueError(f"the extra cell must be a JSON object, got {cells[-1][:60]!r}")
+                row.update({str(k): _metric(str(k), v) for k, v in extra.items()})
             if cells[-2]:
-                events.extend({k: _from_json(v) for k, v in e.items()} for e in json.loads(cells[-2]))
-        except (ValueError, AttributeError) as exc:
+                events.extend(_events(json.loads(cells[-2]), row["step"]))
+        except (ValueError, TypeError, AttributeError) as exc:
             raise DataError(f"{path}:{lineno}: cannot parse the row ({exc}); the file is corrupt") from exc
         rows.append(row)
     return rows, events
@@ -123,9 +159,12 @@ def _parse_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             obj = json.loads(line)
             if not isinstance(obj, dict) or "step" not in obj:
                 raise ValueError("not an object with a 'step' key")
-            row: dict[str, Any] = {"step": int(obj["step"])}
-            row.update({k: _from_json(v) for k, v in obj.items() if k not in ("step", "events")})
-            events.extend({k: _from_json(v) for k, v in e.items()} for e in obj.get("events", []))
+            step = obj["step"]
+            if isinstance(step, bool) or not isinstance(step, (int, float)) or not float(step).is_integer():
+                raise ValueError(f"step {step!r} is not a whole number")
+            row: dict[str, Any] = {"step": int(step)}
+            row.update({k: _metric(k, v) for k, v in obj.items() if k not in ("step", "events")})
+            events.extend(_events(obj.get("events", []), row["step"]))
         except (ValueError, TypeError, AttributeError) as exc:
             raise DataError(f"{path}:{lineno}: cannot parse the JSON line ({exc}); the file is corrupt") from exc
         rows.append(row)

@@ -7,6 +7,7 @@ inherits it and adds the loop hooks, detectors, sinks and checkpoints.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,7 +16,14 @@ from torch import Tensor, nn
 
 from losslab.monitor._attention import AttentionHooks
 from losslab.monitor._dist import MAX, MEAN, PARAM, dist_info, reduce_vector
-from losslab.monitor._metrics import adam_tiny_v_count, grouped_sq_norms, layer_name, logit_stats, safe_ratio
+from losslab.monitor._metrics import (
+    adam_tiny_v_count,
+    grouped_sq_norms,
+    layer_name,
+    logit_stats,
+    nonfinite_count,
+    safe_ratio,
+)
 from losslab.stability.spikes import SpikeEvent
 
 __all__ = ["MonitorMeasure", "unwrap"]
@@ -41,6 +49,7 @@ class MonitorMeasure:
     _params: list[nn.Parameter] | None
     _layers: list[str]
     _group_of: list[int]
+    _shown: list[bool]
     _index_cache: dict[tuple[Any, ...], Tensor]
     _snap_buf: list[Tensor] | None
     _pre: dict[str, Any] | None
@@ -64,16 +73,27 @@ class MonitorMeasure:
         return self.model, self.optimizer
 
     def _layout(self, model: nn.Module) -> None:
+        """Fix the layer layout at the first step, over ALL parameters of the model (frozen ones included).
+
+        A parameter without ``.grad`` simply counts as absent on a step, so parameters unfrozen later (gradual
+        unfreezing) are measured and clipped from the step they get gradients. ``_shown`` marks the layers whose
+        per-layer columns are written: those trainable at the first step and any that has had a gradient since
+        (a frozen backbone adds no empty columns).
+        """
         if self._params is not None:
             return
-        named = [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad]
+        named = list(unwrap(model).named_parameters())
         self._params = [p for _, p in named]
         layers: dict[str, int] = {}
         self._group_of = []
-        for n, _ in named:
+        shown: dict[int, bool] = {}
+        for n, p in named:
             key = "all" if self.per_layer == "none" else layer_name(n, self.per_layer)
-            self._group_of.append(layers.setdefault(key, len(layers)))
+            g = layers.setdefault(key, len(layers))
+            self._group_of.append(g)
+            shown[g] = shown.get(g, False) or p.requires_grad or p.grad is not None
         self._layers = list(layers)
+        self._shown = [shown[g] for g in range(len(self._layers))]
 
     def _index(self, groups: Sequence[int], device: torch.device) -> Tensor:
         key = (tuple(groups), str(device))
@@ -85,16 +105,19 @@ class MonitorMeasure:
             self._index_cache[key] = idx
         return idx
 
-    def _snapshot(self) -> list[Tensor]:
-        """Copy the parameters into a buffer kept between sampled steps (no fresh allocation each time)."""
+    def _snapshot(self) -> tuple[list[int], list[Tensor]]:
+        """Copy the trainable parameters (``requires_grad`` now) into a buffer kept between sampled steps (no
+        fresh allocation each time unless that set changes); returns their positions in the layout and the copies."""
         assert self._params is not None
-        current = [p.detach() for p in self._params]
+        chosen = [i for i, p in enumerate(self._params) if p.requires_grad]
+        current = [self._params[i].detach() for i in chosen]
         buf = self._snap_buf
-        if buf is None or len(buf) != len(current) or any(b.shape != c.shape for b, c in zip(buf, current)):
+        if buf is None or len(buf) != len(current) or any(b.shape != c.shape or b.dtype != c.dtype or
+                                                          b.device != c.device for b, c in zip(buf, current)):
             buf = self._snap_buf = [c.clone() for c in current]
-        else:
+        elif buf:
             torch._foreach_copy_(buf, current)
-        return buf
+        return chosen, buf
 
     def _grad_piece(self) -> tuple[Tensor, Tensor, list[bool]] | None:
         assert self._params is not None
@@ -106,11 +129,12 @@ class MonitorMeasure:
             grads.append(p.grad.detach())
             groups.append(g)
             present[g] = True
+            self._shown[g] = True
         if not grads:
             return None
         device = grads[0].device
-        per_group, per_tensor = grouped_sq_norms(grads, self._index(groups, device), len(self._layers))
-        nonfinite = (~torch.isfinite(per_tensor)).sum().to(per_group.dtype).reshape(1)
+        per_group, _ = grouped_sq_norms(grads, self._index(groups, device), len(self._layers))
+        nonfinite = nonfinite_count(grads).to(device=device, dtype=per_group.dtype).reshape(1)
         return per_group, nonfinite, present
 
     def _step(self, loss: Any, model: nn.Module | None, optimizer: torch.optim.Optimizer | None,
@@ -136,6 +160,7 @@ class MonitorMeasure:
             except Exception as exc:
                 self._problem("loss", exc)
         present: list[bool] = []
+        snapped: list[bool] = []
         if model is not None:
             try:
                 self._layout(model)
@@ -146,14 +171,18 @@ class MonitorMeasure:
                     add(["nonfinite_grads"], nonfinite, PARAM)
                 if pre is not None and pre["snapshot"] is not None:
                     assert self._params is not None
-                    snap = pre["snapshot"]
-                    index = self._index(self._group_of, snap[0].device) if snap else None
-                    if index is not None:
+                    chosen, snap = pre["snapshot"]
+                    if snap:
+                        groups = [self._group_of[i] for i in chosen]
+                        index = self._index(groups, snap[0].device)
                         psq, _ = grouped_sq_norms(snap, index, len(self._layers))
-                        torch._foreach_sub_(snap, [p.detach() for p in self._params])  # in place: -update
+                        torch._foreach_sub_(snap, [self._params[i].detach() for i in chosen])  # in place: -update
                         usq, _ = grouped_sq_norms(snap, index, len(self._layers))
                         add([f"usq/{name}" for name in self._layers], usq, PARAM)
                         add([f"psq/{name}" for name in self._layers], psq, PARAM)
+                        snapped = [False] * len(self._layers)
+                        for g in groups:
+                            snapped[g] = True
             except Exception as exc:
                 self._problem("gradient norms", exc)
         if optimizer is not None and sampled:
@@ -181,35 +210,61 @@ class MonitorMeasure:
             add([f"attn/{n}" for n in attn], torch.stack([v.reshape(()) for v in attn.values()]), MAX)
 
         raw = self._to_host(names, pieces, kinds)
-        row = self._finish(raw, present, optimizer, metrics)
+        row = self._finish(raw, present, snapped, optimizer, metrics)
         self._attn.active = self.is_sampled(current + 1)
         self.step_count = current
         return self._record(current, row)
 
     def _to_host(self, names: list[str], pieces: list[Tensor], kinds: list[int]) -> dict[str, float]:
-        if not pieces:
+        _rank, world = dist_info(self.process_group)
+        if not pieces and world <= 1:
             return {}
         # gather on the accelerator when there is one: a host-side loss (a Python float) is copied up, which
         # needs no synchronisation, whereas copying device values down would cost one each
-        device = next((p.device for p in pieces if p.device.type != "cpu"), pieces[0].device)
+        device = next((p.device for p in pieces if p.device.type != "cpu"), pieces[0].device if pieces else None)
         dtype = torch.float64 if any(p.dtype == torch.float64 for p in pieces) else torch.float32
-        vec = torch.cat([p.to(device=device, dtype=dtype) for p in pieces])
-        _rank, world = dist_info(self.process_group)
+        vec = (torch.cat([p.to(device=device, dtype=dtype) for p in pieces]) if pieces
+               else torch.zeros(0, dtype=dtype))
         if world > 1:
             try:
                 import torch.distributed as dist
 
                 if vec.device.type == "cpu" and dist.get_backend(self.process_group) == "nccl":
                     vec = vec.to(torch.device("cuda", torch.cuda.current_device()))  # NCCL needs CUDA tensors
-                kind_t = torch.tensor(kinds, device=vec.device)
-                vec = reduce_vector(vec, kind_t, self.grads_synchronized, self.process_group)
+                if self._same_layout_on_all_ranks(names, kinds, vec.device) and pieces:
+                    kind_t = torch.tensor(kinds, device=vec.device)
+                    vec = reduce_vector(vec, kind_t, self.grads_synchronized, self.process_group)
             except Exception as exc:
                 self._problem("distributed reduction", exc)
         values = vec.tolist()  # the one host synchronisation of the step
         return dict(zip(names, values))
 
-    def _finish(self, raw: dict[str, float], present: list[bool], optimizer: torch.optim.Optimizer | None,
-                metrics: Mapping[str, float] | None) -> dict[str, float | None]:
+    def _same_layout_on_all_ranks(self, names: list[str], kinds: list[int], device: torch.device) -> bool:
+        """All-gather a fixed-size header (length and checksum of the metric names) and compare it across ranks.
+
+        Every rank takes part every step, whatever it measured, so a rank that passed other inputs (logits or
+        the loss on some ranks only) cannot make the reduction's ``all_gather`` abort or hang: on a mismatch
+        every rank warns and keeps its own values for the step.
+        """
+        import torch.distributed as dist
+
+        checksum = zlib.crc32("\n".join(f"{n}:{k}" for n, k in zip(names, kinds)).encode("utf-8"))
+        header = torch.tensor([len(names), checksum], dtype=torch.int64, device=device)
+        world = dist.get_world_size(self.process_group)
+        headers = [torch.empty_like(header) for _ in range(world)]
+        dist.all_gather(headers, header, group=self.process_group)
+        table = torch.stack(headers).cpu().tolist()
+        if all(h == table[0] for h in table):
+            return True
+        self._problem("distributed reduction",
+                      f"the ranks measured different metrics this step (metric counts by rank: "
+                      f"{[h[0] for h in table]}), so their values were not reduced and each rank keeps its own; "
+                      f"pass the same arguments (loss=, logits=) on every rank")
+        return False
+
+    def _finish(self, raw: dict[str, float], present: list[bool], snapped: list[bool],
+                optimizer: torch.optim.Optimizer | None, metrics: Mapping[str, float] | None
+                ) -> dict[str, float | None]:
         row: dict[str, float | None] = {}
         if "loss" in raw:
             row["loss"] = raw["loss"]
@@ -217,15 +272,17 @@ class MonitorMeasure:
         if layers and f"gsq/{layers[0]}" in raw:
             row["grad_norm"] = math.sqrt(math.fsum(raw[f"gsq/{n}"] for n in layers))  # NaN/Inf propagate
             if self.per_layer != "none":
-                for n, ok in zip(layers, present):
-                    row[f"grad_norm/{n}"] = math.sqrt(raw[f"gsq/{n}"]) if ok else None
+                for n, ok, shown in zip(layers, present, self._shown):
+                    if shown:
+                        row[f"grad_norm/{n}"] = math.sqrt(raw[f"gsq/{n}"]) if ok else None
             row["nonfinite_grads"] = raw["nonfinite_grads"]
         if layers and f"usq/{layers[0]}" in raw:
             row["update_ratio"] = safe_ratio(math.fsum(raw[f"usq/{n}"] for n in layers),
                                              math.fsum(raw[f"psq/{n}"] for n in layers))
             if self.per_layer != "none":
-                for n in layers:
-                    row[f"update_ratio/{n}"] = safe_ratio(raw[f"usq/{n}"], raw[f"psq/{n}"])
+                for n, ok, shown in zip(layers, snapped, self._shown):
+                    if shown:
+                        row[f"update_ratio/{n}"] = safe_ratio(raw[f"usq/{n}"], raw[f"psq/{n}"]) if ok else None
         if optimizer is not None and optimizer.param_groups:
             try:
                 row["lr"] = float(optimizer.param_groups[0]["lr"])

@@ -35,6 +35,8 @@ class MonitorResults:
     detectors: dict[str, list[SpikeDetector]]
     sinks: list[MonitorSink]
     process_group: Any
+    _sink_down: dict[int, int]
+    _errors: list[str]
 
     if TYPE_CHECKING:
         def is_sampled(self, step: int) -> bool: ...
@@ -42,6 +44,8 @@ class MonitorResults:
         def _problem(self, where: str, exc: BaseException | str) -> None: ...
 
         def _drain_errors(self, step: int) -> list[SpikeEvent]: ...
+
+        def _keep_events(self, events: list[SpikeEvent]) -> None: ...
 
     @property
     def history(self) -> dict[str, list[float | None]]:
@@ -72,18 +76,30 @@ class MonitorResults:
         self._on_sinks(lambda sink: sink.flush())
         self._keep_errors()
 
-    def _on_sinks(self, call: Callable[[MonitorSink], object]) -> None:
-        """``call(sink)`` for every sink; a failure goes to :meth:`_problem` and the other sinks still run."""
+    def _on_sinks(self, call: Callable[[MonitorSink], object], closing: bool = False) -> None:
+        """``call(sink)`` for every sink; a failure goes to :meth:`_problem` and the other sinks still run.
+
+        A sink that keeps failing is reported once per outage (when it starts failing) and once when it works
+        again (with the rows it dropped meanwhile), not on every step; ``closing`` reports every failure. A sink
+        is failing from a call that raised until a call that neither raised nor left its ``failing`` flag set.
+        """
         for i, sink in enumerate(self.sinks):
+            where = f"sink {i} ({type(sink).__name__})"
             try:
                 call(sink)
             except Exception as exc:
-                self._problem(f"sink {i} ({type(sink).__name__})", exc)
+                if closing or i not in self._sink_down:
+                    self._problem(where, exc)
+                self._sink_down[i] = self._sink_down.get(i, 0) + 1
+                continue
+            if i in self._sink_down and not getattr(sink, "failing", False):
+                failed = self._sink_down.pop(i)
+                dropped = int(getattr(sink, "last_outage_dropped", 0) or 0)
+                self._errors.append(f"{where} works again after {failed} failed call(s); {dropped} row(s) "
+                                    f"were dropped meanwhile")
 
     def _keep_errors(self) -> None:
-        events = self._drain_errors(self.step_count)
-        self.events.extend(events)
-        self.n_events += len(events)
+        self._keep_events(self._drain_errors(self.step_count))
 
     def close(self) -> None:
         """Flush and close the sinks and remove the attention hooks. Safe to call twice."""
@@ -91,7 +107,7 @@ class MonitorResults:
             return
         self._closed = True
         self._attn.remove()
-        self._on_sinks(lambda sink: sink.close())
+        self._on_sinks(lambda sink: sink.close(), closing=True)
         self._keep_errors()
 
     def state_dict(self) -> dict[str, Any]:

@@ -8,6 +8,11 @@ Crash safety of the file sinks: rows are buffered in memory and :meth:`flush` wr
 So after every flush the file holds only whole lines, and a process killed at any moment leaves at most the
 rows since the last flush unwritten, never half a row. Re-opening a file whose last line is incomplete (a power
 cut, a full disk) cuts that line off before appending.
+
+A file that keeps failing (full disk, read-only mount) costs bounded memory and time: at most ``max_pending``
+lines wait in memory (the oldest are dropped and counted, with one warning per outage), and after a failed
+attempt the next ``1, 2, 4, ...`` (at most ``_MAX_BACKOFF``) flushes are skipped before the file is tried again.
+:attr:`failing` tells whether the last attempt failed; ``close`` always tries once more.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import math
 import os
 import warnings
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -28,6 +34,9 @@ from losslab._errors import ConfigError, require
 __all__ = ["CSVSink", "JSONLSink", "MonitorSink", "TensorBoardSink"]
 
 Row = Mapping[str, "float | None"]
+
+_MAX_BACKOFF = 1024
+"""Most flushes skipped between two attempts of a failing file (the waits double from 1 up to this)."""
 
 
 @runtime_checkable
@@ -117,29 +126,73 @@ class _AppendFile:
 class _LineSink:
     """Lines buffered by ``write`` and appended to one file by :meth:`flush` (shared by the CSV and JSONL sinks)."""
 
-    def __init__(self, path: str | os.PathLike[str], fsync: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], fsync: bool = False, max_pending: int = 10_000) -> None:
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise ConfigError(f"max_pending must be an integer >= 1, got {max_pending!r}; e.g. max_pending=10000")
         self._file = _AppendFile(path)
         self.path = self._file.path
         self.fsync = bool(fsync)
-        self._pending: list[str] = []
+        self.max_pending = max_pending
+        self._pending: deque[str] = deque()
+        self._head = ""  # a new CSV file's header line, written before the first rows (never dropped)
+        self._failures = 0  # consecutive failed attempts
+        self._wait = 0  # flushes still to skip before the next attempt
+        self.dropped = 0  # lines dropped during the current outage
+        self.last_outage_dropped = 0  # lines dropped during the outage that ended last
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last attempt to write the file failed (rows wait in memory, up to ``max_pending``)."""
+        return self._failures > 0
 
     def _ensure_open(self) -> None:
         """Nothing by default: the CSV sink opens its file at the first write, to read an existing header."""
 
+    def _buffer(self, line: str) -> None:
+        if len(self._pending) >= self.max_pending:
+            self._pending.popleft()
+            self.dropped += 1
+            if self.dropped == 1:
+                warnings.warn(f"{self.path} cannot be written; keeping the newest {self.max_pending} rows in memory "
+                              f"and dropping older ones until it can (counted in the recovery event)",
+                              RuntimeWarning, stacklevel=4)
+        self._pending.append(line)
+
+    def _fail(self) -> None:
+        self._failures += 1
+        self._wait = min(2 ** min(self._failures - 1, 30), _MAX_BACKOFF)
+
+    def _recover(self) -> None:
+        if self._failures:
+            self.last_outage_dropped = self.dropped
+            self._failures = self._wait = self.dropped = 0
+
     def flush(self) -> None:
-        """Write all buffered lines in one system call (or none of them on error)."""
-        if not self._pending:
+        """Write all buffered lines in one system call (or none of them on error); skipped while backing off."""
+        self._flush(force=False)
+
+    def _flush(self, force: bool) -> None:
+        if not self._pending and not self._head:
             return
-        self._ensure_open()
-        self._file.append("".join(self._pending))
+        if self._wait > 0 and not force:
+            self._wait -= 1
+            return
+        try:
+            self._ensure_open()
+            self._file.append(self._head + "".join(self._pending))
+        except BaseException:
+            self._fail()
+            raise
+        self._head = ""
         self._pending.clear()
+        self._recover()
         if self.fsync:
             self._file.fsync()
 
     def close(self) -> None:
-        """Flush and close the file."""
+        """Flush (one more attempt even while backing off) and close the file."""
         try:
-            self.flush()
+            self._flush(force=True)
         finally:
             self._file.close()
 
@@ -157,6 +210,7 @@ class CSVSink(_LineSink):
     Args:
         path: the CSV file (parents are created).
         fsync: also ``os.fsync`` at every flush (survives a power cut, costs a disk round trip).
+        max_pending: most rows kept in memory while the file cannot be written (the oldest are dropped).
 
     Example:
         >>> import tempfile, pathlib
@@ -166,8 +220,8 @@ class CSVSink(_LineSink):
         ['step,loss,events,extra', '1,2.5,,']
     """
 
-    def __init__(self, path: str | os.PathLike[str], fsync: bool = False) -> None:
-        super().__init__(path, fsync)
+    def __init__(self, path: str | os.PathLike[str], fsync: bool = False, max_pending: int = 10_000) -> None:
+        super().__init__(path, fsync, max_pending)
         self.header: list[str] | None = None
 
     def _start(self, metrics: Row) -> None:
@@ -181,7 +235,7 @@ class CSVSink(_LineSink):
             self.header = header
         else:
             self.header = ["step", *[k for k in metrics if k not in ("step", "events", "extra")], "events", "extra"]
-            self._pending.append(self._line(self.header))
+            self._head = self._line(self.header)
 
     @staticmethod
     def _line(cells: Sequence[str]) -> str:
@@ -198,7 +252,16 @@ class CSVSink(_LineSink):
     def write(self, step: int, metrics: Row, events: Sequence[Mapping[str, Any]]) -> None:
         """Buffer one row (written by the next :meth:`flush`)."""
         if self.header is None:
-            self._start(metrics)
+            if self._wait > 0:  # the file could not be opened: back off, this row is lost
+                self._wait -= 1
+                self.dropped += 1
+                return
+            try:
+                self._start(metrics)
+            except Exception:
+                self._fail()
+                self.dropped += 1
+                raise
         assert self.header is not None
         cols = self.header[1:-2]
         known = set(cols)
@@ -206,7 +269,7 @@ class CSVSink(_LineSink):
         cells = [str(int(step)), *[self._cell(metrics.get(c)) for c in cols],
                  json.dumps([_json_event(e) for e in events], separators=(",", ":")) if events else "",
                  json.dumps(extra, separators=(",", ":")) if extra else ""]
-        self._pending.append(self._line(cells))
+        self._buffer(self._line(cells))
 
 
 class JSONLSink(_LineSink):
@@ -219,6 +282,7 @@ class JSONLSink(_LineSink):
     Args:
         path: the ``.jsonl`` file (parents are created).
         fsync: also ``os.fsync`` at every flush.
+        max_pending: most rows kept in memory while the file cannot be written (the oldest are dropped).
 
     Example:
         >>> import tempfile, pathlib
@@ -233,7 +297,7 @@ class JSONLSink(_LineSink):
         obj: dict[str, Any] = {"step": int(step)}
         obj.update({k: _json_float(v) for k, v in metrics.items() if v is not None and k not in ("step", "events")})
         obj["events"] = [_json_event(e) for e in events]
-        self._pending.append(json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n")
+        self._buffer(json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n")
 
     def _ensure_open(self) -> None:
         if not self._file.is_open:

@@ -130,6 +130,10 @@ class ZScoreDetector:
                 f"min_history={self.min_history}, ddof={self.ddof})")
 
 
+_REL_SLACK = 1e-9
+"""Relative slack of RatioDetector's comparisons (far above float64 rounding, far below any real margin)."""
+
+
 class RatioDetector:
     r"""Ratio-to-running-mean detector (Lightning Fabric ``SpikeDetection`` rule, ``mode="min"``).
 
@@ -138,7 +142,9 @@ class RatioDetector:
 
     .. math:: x > x_{-1}, \quad |x - m| \ge (\text{ratio} - 1)\,|m|, \quad |x - m| \ge \text{atol (if set)}.
 
-    For a positive metric above its mean this reads :math:`x \ge \text{ratio} \cdot m`. The event's score is
+    For a positive metric above its mean this reads :math:`x \ge \text{ratio} \cdot m`. Both comparisons
+    allow a relative slack of :math:`10^{-9}`, so a value exactly on the boundary counts as a spike although the
+    mean is rounded. The event's score is
     :math:`1 + |x - m| / |m|` (that is :math:`x / m` when :math:`x > m > 0`; ``inf`` when :math:`m = 0`).
 
     Args:
@@ -187,9 +193,12 @@ class RatioDetector:
         if not math.isfinite(x):
             return None
         if self._n_accepted >= self.warmup and self._last is not None and x > self._last:
-            mean = sum(self._history) / len(self._history)
+            mean = math.fsum(self._history) / len(self._history)
             diff = abs(x - mean)
-            if diff >= (self.ratio - 1.0) * abs(mean) and (self.atol is None or diff >= self.atol) and diff > 0:
+            # a relative slack of 1e-9 so that a value exactly on the boundary (7.75 = 3 x mean(1, 2.25, 4.5))
+            # is not missed because the mean was rounded
+            if (diff >= (self.ratio - 1.0) * abs(mean) * (1.0 - _REL_SLACK) and diff > 0
+                    and (self.atol is None or diff >= self.atol * (1.0 - _REL_SLACK))):
                 score = math.inf if mean == 0 else 1.0 + diff / abs(mean)
                 self.n_events += 1
                 return SpikeEvent(
