@@ -78,12 +78,13 @@ def test_float16_gradients_above_65504_are_finite_and_raise_no_event():
     assert any(e.metric == "nonfinite_grads" for e in events)
 
 
-def test_nonfinite_count_reads_the_entries():
-    from losslab.monitor._metrics import nonfinite_count
+def test_per_tensor_norms_flag_exactly_the_non_finite_tensors():
+    from losslab.monitor._metrics import grouped_sq_norms
 
-    big = torch.full((4,), 3e38)  # finite float32 entries whose L2 norm overflows float32
-    assert int(nonfinite_count([big, torch.ones(2)])) == 0
-    assert int(nonfinite_count([big, torch.tensor([1.0, math.nan]), torch.tensor([-math.inf])])) == 2
+    big = torch.full((400,), 6e4, dtype=torch.float16)  # finite float16 entries whose norm overflows float16
+    tensors = [big, torch.tensor([1.0, math.nan]), torch.tensor([-math.inf]), torch.ones(2)]
+    _, per_tensor = grouped_sq_norms(tensors, torch.zeros(4, dtype=torch.long), 1)
+    assert (~torch.isfinite(per_tensor)).tolist() == [False, True, True, False]
 
 
 def test_monitor_problem_events_reach_the_csv_and_jsonl_files(tmp_path):

@@ -21,7 +21,6 @@ from losslab.monitor._metrics import (
     grouped_sq_norms,
     layer_name,
     logit_stats,
-    nonfinite_count,
     safe_ratio,
 )
 from losslab.stability.spikes import SpikeEvent
@@ -133,8 +132,10 @@ class MonitorMeasure:
         if not grads:
             return None
         device = grads[0].device
-        per_group, _ = grouped_sq_norms(grads, self._index(groups, device), len(self._layers))
-        nonfinite = nonfinite_count(grads).to(device=device, dtype=per_group.dtype).reshape(1)
+        per_group, per_tensor = grouped_sq_norms(grads, self._index(groups, device), len(self._layers))
+        # NaN/inf entries make the norm NaN/inf; norms are accumulated in float32 (float64), so float16 gradients
+        # cannot overflow; a float32 tensor counts only if its norm exceeds 1.8e19 (its square, float32's max)
+        nonfinite = (~torch.isfinite(per_tensor)).sum().to(per_group.dtype).reshape(1)
         return per_group, nonfinite, present
 
     def _step(self, loss: Any, model: nn.Module | None, optimizer: torch.optim.Optimizer | None,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["adam_tiny_v_count", "grouped_sq_norms", "layer_name", "logit_stats", "nonfinite_count"]
+__all__ = ["adam_tiny_v_count", "grouped_sq_norms", "layer_name", "logit_stats"]
 
 
 def layer_name(param_name: str, per_layer: str) -> str:
@@ -59,27 +59,6 @@ def grouped_sq_norms(tensors: Sequence[Tensor], index: Tensor, n_groups: int) ->
     per_tensor = stacked.to(device=device, dtype=dtype).square()
     per_group = torch.zeros(n_groups, dtype=dtype, device=device).index_add_(0, index, per_tensor)
     return per_group, per_tensor
-
-
-def nonfinite_count(tensors: Sequence[Tensor]) -> Tensor:
-    """Number of tensors holding at least one NaN or infinity, read from the tensors themselves (0-d, device).
-
-    One ``torch._foreach_norm`` pass with the max norm in each tensor's own dtype: it is NaN/inf exactly when an
-    entry is (unlike the L2 norm, it cannot overflow for finite entries).
-
-    Example:
-        >>> int(nonfinite_count([torch.tensor([1e4, 1e4], dtype=torch.float16), torch.tensor([1.0, math.nan])]))
-        1
-    """
-    if not tensors:
-        return torch.zeros(())
-    maxima = torch._foreach_norm(list(tensors), math.inf)
-    try:
-        stacked = torch.stack(maxima)
-    except RuntimeError:  # several devices or dtypes
-        device = maxima[0].device
-        stacked = torch.stack([m.to(device=device, dtype=torch.float32) for m in maxima])
-    return (~torch.isfinite(stacked)).sum().to(torch.float32)
 
 
 def logit_stats(logits: Tensor) -> dict[str, Tensor]:
