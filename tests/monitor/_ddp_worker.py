@@ -65,6 +65,16 @@ def main(out: Path) -> None:
                          "expected_per_param": per_param,
                          "got_per_param": {n: sharded.history[f"grad_norm/{n}"][-1] for n in per_param},
                          "loss": sharded.history["loss"][-1]}
+    # 2b. Sharded clipping where rank 1 holds no gradient at all: it still joins the sum (no hang), and both
+    # ranks return the global norm
+    torch.manual_seed(1)
+    lonely = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    clipper = TrainingMonitor(lonely, grads_synchronized=False, detectors={})
+    lonely(x).pow(2).sum().backward()
+    whole = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in lonely.parameters()))
+    if rank == 1:
+        lonely.zero_grad(set_to_none=True)
+    result["clip_without_grads"] = {"expected": whole, "got": float(clipper.clip_grad_norm_(0.1))}
     # 3. Ranks passing different inputs (logits on rank 1 only, then the loss omitted on rank 1): no abort, no
     # hang, a warning on every rank, local values for that step, and the next matching step is reduced again.
     torch.manual_seed(2)

@@ -40,6 +40,8 @@ def test_ddp_reduction_and_rank0_only_writes(tmp_path):
         assert sharded["got"] == pytest.approx(sharded["expected"], rel=1e-5)
         assert sharded["got_per_param"] == pytest.approx(sharded["expected_per_param"], rel=1e-5)
         assert sharded["loss"] == pytest.approx(0.5)
+        clip = res["clip_without_grads"]
+        assert clip["got"] == pytest.approx(clip["expected"], rel=1e-5)
     assert ranks[0]["ddp"]["loss"] == ranks[1]["ddp"]["loss"]  # identical on every rank, detectors agree
     log = read_log(tmp_path / "ddp.csv")  # one file, written by rank 0 only, four whole rows
     assert log.steps.tolist() == [1, 2, 3, 4]

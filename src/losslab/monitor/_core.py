@@ -340,14 +340,22 @@ class TrainingMonitor(MonitorMeasure, MonitorResults):
             raise ConfigError(f"max_norm must be a finite number > 0, got {max_norm!r}; e.g. max_norm=1.0")
         self.before_step(model, optimizer, step)
         pre = self._pre
-        if pre is None or pre["grads"] is None or self._params is None:
-            params = self._params if self._params is not None else (
-                [p for p in self.model.parameters()] if self.model is not None else [])
-            return torch.nn.utils.clip_grad_norm_(params, limit)
-        per_group = pre["grads"][0]
-        total_sq = per_group.sum()
         _, world = dist_info(self.process_group)
-        if world > 1 and not self.grads_synchronized:
+        summed = world > 1 and not self.grads_synchronized
+        params = self._params if self._params is not None else (
+            list(self.model.parameters()) if self.model is not None else [])
+        if pre is None or pre["grads"] is None or self._params is None:
+            if not summed:
+                return torch.nn.utils.clip_grad_norm_(params, limit)
+            # no gradient measured on this rank: it still takes part in the ranks' sum (the others wait for it)
+            grads = [p.grad for p in params if p.grad is not None and not p.grad.is_sparse]
+            device = grads[0].device if grads else (params[0].device if params else torch.device("cpu"))
+            total_sq = torch.zeros((), dtype=torch.float32, device=device)
+            for g in grads:
+                total_sq = total_sq + g.detach().float().square().sum().to(device)
+        else:
+            total_sq = pre["grads"][0].sum()
+        if summed:
             import torch.distributed as dist
 
             total_sq = total_sq.clone()
@@ -355,7 +363,7 @@ class TrainingMonitor(MonitorMeasure, MonitorResults):
         total = total_sq.sqrt()
         coef = torch.clamp(limit / (total + 1e-6), max=1.0)
         by_device: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-        for p in self._params:  # every parameter of the model, frozen at the first step or not
+        for p in params:  # every parameter of the model, frozen at the first step or not
             if p.grad is not None and not p.grad.is_sparse:
                 by_device.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
         for (device, dtype), grads in by_device.items():
