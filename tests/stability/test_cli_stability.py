@@ -90,3 +90,45 @@ def test_spikes_cli_json_is_strict_with_non_finite_values(tmp_path, capsys):
     events = json.loads(capsys.readouterr().out, parse_constant=refuse)
     assert [(e["step"], e["value"], e["score"]) for e in events] == [(2, "Infinity", "Infinity"),
                                                                      (3, None, "Infinity")]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("lr,final_loss\n0.001,3.0\n0.01\n", "r.csv: line 3: expected 2 fields (lr, final_loss), got 1"),
+    ("lr,final_loss\n0.001,3.0,7\n0.01,2.0\n", "r.csv: line 2: expected 2 fields (lr, final_loss), got 3"),
+    ("lr,final_loss\n\n0.001,3.0\n\n0.01\n", "r.csv: line 5: expected 2 fields"),  # blank lines still counted
+    ("lr,final_loss\n0.001,3.0\n,2.0\n", "r.csv line 3: lr '' is not a finite learning rate > 0"),
+    ("lr,final_loss\nnan,3.0\n", "r.csv line 2: lr 'nan' is not a finite learning rate > 0"),
+    ("lr,final_loss\n-0.1,3.0\n", "r.csv line 2: lr '-0.1' is not a finite learning rate > 0"),
+])
+def test_sensitivity_cli_short_long_rows_and_bad_lr_name_file_and_line(tmp_path, capsys, text, message):
+    code = main(["stability", "sensitivity", _write(tmp_path / "r.csv", text), "--init-loss", "5"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and message in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_spikes_cli_short_row_is_an_error_not_a_missing_value(tmp_path, capsys):
+    csv = _write(tmp_path / "log.csv", "step,loss\n1,2.0\n2\n")
+    assert main(["stability", "spikes", csv]) == 2
+    assert "log.csv: line 3: expected 2 fields (step, loss), got 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("plot", "message"), [("sweep.foo", "'foo' is not an image format"),
+                                               ("", "it is a folder")])
+def test_sensitivity_cli_bad_plot_path_fails_before_the_work(tmp_path, capsys, plot, message):
+    csv = _write(tmp_path / "r.csv", "lr,final_loss\n0.001,3.0\n0.01,2.0\n")
+    target = tmp_path / "out" / plot if plot else tmp_path
+    code = main(["stability", "sensitivity", csv, "--init-loss", "5", "--plot", str(target)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and message in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+    assert not target.with_name(target.name + ".png").exists()  # matplotlib's default suffix was not added
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["r.csv"]  # nothing written
+
+
+def test_sensitivity_cli_reports_the_file_it_wrote(tmp_path, capsys):
+    csv = _write(tmp_path / "r.csv", "lr,final_loss\n0.001,3.0\n0.01,2.0\n")
+    png = tmp_path / "sweep.svg"
+    assert main(["stability", "sensitivity", csv, "--init-loss", "5", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == f"wrote {png}" and png.read_text().lstrip().startswith("<")

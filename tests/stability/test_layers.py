@@ -79,6 +79,34 @@ def test_qknorm_separate_learnable_gains_and_bad_input():
         QKNorm(0)
 
 
+@pytest.mark.parametrize("eps", [-1.0, 0.0, float("nan"), float("inf"), "1e-5", True])
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_qknorm_rejects_eps_that_is_not_finite_and_positive(norm, eps):
+    with pytest.raises(ConfigError, match="eps must be a finite number > 0"):
+        QKNorm(8, norm=norm, eps=eps)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_qknorm_normalises_q_and_k_each_with_its_own_gains(norm):
+    torch.manual_seed(0)
+    qk = QKNorm(8, norm=norm)
+    with torch.no_grad():
+        for p in qk.q_norm.parameters():
+            p.copy_(torch.randn_like(p))
+        for p in qk.k_norm.parameters():
+            p.copy_(torch.randn_like(p))
+    q, k = torch.randn(2, 3, 8), torch.randn(2, 3, 8) * 50
+    nq, nk = qk(q, k)
+
+    def ref(x, mod):
+        if norm == "layernorm":
+            x = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-5)
+            return x * mod.weight + mod.bias
+        return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * mod.weight
+    torch.testing.assert_close(nq, ref(q, qk.q_norm))
+    torch.testing.assert_close(nk, ref(k, qk.k_norm))
+
+
 # -- LayerNorm scaling (curse of depth) -------------------------------------------------------------------
 def test_layernorm_scaling_one_over_sqrt_layer_index():
     torch.manual_seed(0)

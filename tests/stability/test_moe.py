@@ -122,3 +122,35 @@ def test_max_violation_and_bad_input():
                          ({"score_fn": "relu"}, "score_fn"), ({"update_rate": -1.0}, "update_rate")]:
         with pytest.raises(ConfigError, match=name):
             AuxLossFreeRouter(**{"dim": 4, "n_experts": 8, **kwargs})
+
+
+@pytest.mark.parametrize("cast", [lambda r: r.half(), lambda r: r.to(torch.bfloat16), lambda r: r.double()])
+def test_bias_and_load_stay_float32_and_int64_whatever_the_model_dtype(cast):
+    torch.manual_seed(0)
+    router = cast(AuxLossFreeRouter(16, 4, 2, update_rate=1e-3))
+    dtype = router.gate.weight.dtype
+    assert router.expert_bias.dtype == torch.float32 and router.load.dtype == torch.int64
+    with torch.no_grad():
+        router.expert_bias.fill_(0.5)
+    for _ in range(40):  # 40 * 4096 * 2 = 327680 routed slots, far beyond float16's 65504
+        router(torch.randn(4096, 16, dtype=dtype))
+    assert int(router.load.sum()) == 40 * 4096 * 2
+    load = router.load.clone()
+    used = router.update_bias()
+    assert torch.equal(used, load)
+    expected = torch.full((4,), 0.5) + 1e-3 * torch.sign(load.double().mean() - load.double()).float()
+    assert torch.equal(router.expert_bias, expected)  # the +-u step is exact in float32, not rounded to 0 or 2^-9
+    w, idx = router(torch.randn(8, 16, dtype=dtype))
+    assert w.dtype == dtype and idx.dtype == torch.int64
+
+
+def test_nan_load_raises_instead_of_skipping_the_update():
+    router = AuxLossFreeRouter(4, 3, 1)
+    router.load = torch.tensor([1.0, float("nan"), 2.0])
+    with pytest.raises(DataError, match="NaN/Inf"):
+        router.update_bias()
+    assert torch.equal(router.expert_bias, torch.zeros(3))
+    with pytest.raises(DataError, match="NaN/Inf"):
+        aux_free_bias_update(torch.zeros(2), torch.tensor([1.0, float("nan")]))
+    with pytest.raises(DataError, match="NaN/Inf"):
+        max_violation(torch.tensor([1.0, float("nan")]))

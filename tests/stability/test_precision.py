@@ -85,3 +85,46 @@ def test_bad_input():
     with pytest.raises(DataError, match="NaN"):
         numeric_deviation(torch.log, -x)
     assert torch.equal(x, torch.ones(3))
+
+
+def test_rel_floor_bounds_the_relative_error_of_near_zero_outputs():
+    # t - 1 on 1 + 2^-20: float64 gives 2^-20, bfloat16 rounds the input to 1 and gives 0 (and 3 - 1 = 2 exactly)
+    x = torch.tensor([1.0 + 2.0**-20, 3.0], dtype=torch.float64)
+    d = 2.0**-20
+    default = numeric_deviation(lambda t: t - 1, x, dtypes=(torch.bfloat16,))["torch.bfloat16"]
+    assert default.max_abs == d
+    assert default.max_rel == pytest.approx(d / (1e-6 * 2.0))  # tau = 1e-6 * max|y64| = 2e-6 > 2^-20
+    assert default.mean_rel == pytest.approx(d / (1e-6 * 2.0) / 2)
+    floored = numeric_deviation(lambda t: t - 1, x, dtypes=(torch.bfloat16,), rel_floor=0.5)["torch.bfloat16"]
+    assert floored.max_rel == pytest.approx(d / 0.5) and floored.mean_rel == pytest.approx(d / 0.5 / 2)
+    tiny = numeric_deviation(lambda t: t - 1, x, dtypes=(torch.bfloat16,), rel_floor=1e-30)["torch.bfloat16"]
+    assert tiny.max_rel == pytest.approx(1.0)  # the floor is below |y64|: plain relative error
+
+
+class _Mixed(torch.nn.Module):
+    """A float32 layer, a float64 buffer and an integer buffer (registered first)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("idx", torch.tensor([3, 2, 1, 0]))
+        self.lin = torch.nn.Linear(4, 4)
+        self.register_buffer("table", torch.linspace(0, 1, 4, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.lin(x)[..., self.idx] + self.table.to(x.dtype)
+
+
+def test_module_with_mixed_dtypes_gets_each_dtype_back():
+    torch.manual_seed(0)
+    m = _Mixed()
+    weight = m.lin.weight
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.lin.weight.grad = torch.ones(4, 4)
+    dev = numeric_deviation(m, torch.randn(3, 4), module=m, dtypes=(torch.bfloat16, torch.float16))
+    assert 0 < dev["torch.bfloat16"].max_abs < 0.1
+    after = m.state_dict()
+    assert {k: v.dtype for k, v in after.items()} == {k: v.dtype for k, v in before.items()}
+    assert {k: v.dtype for k, v in before.items()} == {"idx": torch.int64, "lin.weight": torch.float32,
+                                                      "lin.bias": torch.float32, "table": torch.float64}
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert m.lin.weight is weight and torch.equal(m.lin.weight.grad, torch.ones(4, 4))

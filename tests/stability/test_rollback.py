@@ -185,3 +185,109 @@ def test_rollback_composes_with_skip_step():
     n_steps = opt.n_steps
     ev = rb.update(math.nan, batch=5)
     assert ev.restored_step == 4 and opt.n_steps == 4 < n_steps  # the wrapper's counters were restored too
+
+
+def _linear_rollback(directory, **kwargs):
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, opt, Rollback(model, opt, every=2, keep=2, directory=directory, detectors=[NonFiniteDetector()],
+                                **kwargs)
+
+
+def test_directory_self_round_trip_keeps_every_snapshot_file(tmp_path):
+    _, _, rb = _linear_rollback(tmp_path)
+    for b in range(4):
+        rb.update(1.0, batch=b)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    rb.load_state_dict(rb.state_dict())
+    assert rb.snapshot_steps == [2, 4] and sorted(p.name for p in tmp_path.iterdir()) == files
+    assert rb.update(math.nan, batch=5).restored_step == 4
+
+
+def test_directory_resume_after_files_rotated_away(tmp_path):
+    model, _, rb = _linear_rollback(tmp_path)
+    for b in range(4):
+        rb.update(1.0, batch=b)
+    ckpt = {"model": {k: v.clone() for k, v in model.state_dict().items()}, "rb": rb.state_dict()}
+    for b in range(4, 10):  # the run goes on (the checkpoint's snapshot files are rotated away), then crashes
+        rb.update(1.0, batch=b)
+    later = {p.name for p in tmp_path.iterdir()}
+    model2, _, rb2 = _linear_rollback(tmp_path)
+    model2.load_state_dict(ckpt["model"])
+    with pytest.warns(RuntimeWarning, match="2 snapshot file"):
+        rb2.load_state_dict(ckpt["rb"])
+    assert rb2.snapshot_steps == [4]  # a fresh snapshot of the resumed state
+    assert later <= {p.name for p in tmp_path.iterdir()}  # the later files were not deleted, only reported
+    with torch.no_grad():
+        model2.weight.fill_(7.0)
+    ev = rb2.update(math.nan, batch=4)
+    assert ev.restored_step == 4 and torch.equal(model2.weight, ckpt["model"]["weight"])
+    assert len(list(tmp_path.iterdir())) == 3  # rb2's own step-0 file was removed, not left behind
+
+
+def _dropout_run(poison_batch=None, rng=True, n_batches=8):
+    """Dropout then Linear, trained on ones; returns the dropout masks drawn at each batch, in order."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    masks = []
+    model[0].register_forward_hook(lambda mod, inp, out: masks.append(out.detach() == 0))
+    rb = Rollback(model, opt, every=3, keep=2, skip_batches=0, detectors=[NonFiniteDetector()], rng=rng)
+    events = []
+    for b in range(n_batches):
+        loss = model(torch.ones(4, 32)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ev = rb.update(math.nan if b == poison_batch else loss, batch=b)
+        if ev is not None:
+            events.append(ev)
+    return masks, events
+
+
+def test_rollback_restores_the_random_state_so_dropout_masks_repeat():
+    clean, _ = _dropout_run()
+    masks, events = _dropout_run(poison_batch=4)
+    # snapshot after batch 2 (step 3); batch 4 diverges -> back to step 3: batch 5 draws what batch 3 drew
+    assert [e.restored_step for e in events] == [3]
+    assert all(torch.equal(a, b) for a, b in zip(masks[:5], clean[:5]))
+    assert torch.equal(masks[5], clean[3]) and torch.equal(masks[6], clean[4])
+    fresh, _ = _dropout_run(poison_batch=4, rng=False)
+    assert not torch.equal(fresh[5], clean[3])  # without rng=True the draws just continue
+    assert torch.equal(fresh[5], clean[5])
+
+
+def test_rollback_restores_python_numpy_and_generator_states():
+    import random
+
+    import numpy as np
+
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(7)
+    rb = Rollback(model, opt, every=1, keep=1, detectors=[NonFiniteDetector()], extra={"sampler_rng": gen})
+    random.seed(1)
+    np.random.seed(1)
+    rb.update(1.0, batch=0)  # snapshot
+    expected = (random.random(), float(np.random.rand()), torch.rand(1, generator=gen), torch.rand(1))
+    rb.update(math.nan, batch=1)
+    got = (random.random(), float(np.random.rand()), torch.rand(1, generator=gen), torch.rand(1))
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2]) and torch.equal(got[3], expected[3])
+    with pytest.raises(ConfigError, match="get_state"):
+        Rollback(model, opt, extra={"thing": object()})
+
+
+def test_rollback_restores_the_detector_history_of_the_snapshot():
+    model = torch.nn.Linear(1, 1)
+    zscore = ZScoreDetector(window=8, min_history=2)
+    rb = Rollback(model, torch.optim.SGD(model.parameters(), lr=0.1), every=3, keep=1,
+                  detectors=[NonFiniteDetector(), zscore])
+    for b, v in enumerate([1.0, 1.1, 0.9]):
+        rb.update(v, batch=b)
+    at_snapshot = zscore.state_dict()
+    assert at_snapshot["history"] == [1.0, 1.1, 0.9]
+    for b, v in enumerate([1.05, 0.95], start=3):
+        assert rb.update(v, batch=b) is None
+    assert zscore.state_dict()["history"] == [1.0, 1.1, 0.9, 1.05, 0.95]
+    assert rb.update(math.nan, batch=5).restored_step == 3
+    assert zscore.state_dict() == at_snapshot

@@ -57,15 +57,25 @@ def _usage(parser: argparse.ArgumentParser) -> Any:
     return show
 
 
-def _read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
+def _read_csv(path: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Header and ``(line number, row)`` pairs; a row with fewer or more fields than the header is an error."""
     from losslab._files import read_text_lines
 
-    reader = csv.DictReader(read_text_lines(path))
+    reader = csv.reader(read_text_lines(path))
+    rows: list[tuple[int, dict[str, str]]] = []
+    fields: list[str] = []
     try:
-        rows = list(reader)
+        for cells in reader:
+            if not fields:
+                fields = cells
+            elif cells:  # blank lines are skipped, as csv.DictReader does
+                if len(cells) != len(fields):
+                    raise DataError(f"{path}: line {reader.line_num}: expected {len(fields)} fields "
+                                    f"({', '.join(fields)}), got {len(cells)}; fix the row (an empty value is an "
+                                    f"empty field between commas, e.g. a diverged run's final_loss)")
+                rows.append((reader.line_num, dict(zip(fields, cells))))
     except csv.Error as exc:
         raise DataError(f"{path} line {reader.line_num}: not a readable CSV row ({exc})") from None
-    fields = list(reader.fieldnames or [])
     if not rows:
         raise DataError(f"{path} has no data rows; it needs a header line and one row per run/step")
     return fields, rows
@@ -107,9 +117,11 @@ def _need(fields: list[str], column: str, path: str, flag: str) -> None:
 def run_sensitivity(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from losslab._files import prepare_plot, save_figure
     from losslab.stability.sensitivity import LRSweepResult, lr_sensitivity
 
     path = args.results
+    prepare_plot(args.plot)
     fields, rows = _read_csv(path)
     _need(fields, args.lr_column, path, "--lr-column")
     _need(fields, args.loss_column, path, "--loss-column")
@@ -118,9 +130,12 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         raise ConfigError("no loss at initialisation: pass --init-loss or add an init_loss column")
     table: dict[str, dict[float, float]] = {}
     init: dict[str, list[float]] = {}
-    for i, row in enumerate(rows, start=2):
+    for i, row in rows:
         name = row[args.setting_column] if has_setting else "baseline"
         lr = _number(row[args.lr_column], "lr", i, path)
+        if not (math.isfinite(lr) and lr > 0):
+            raise DataError(f"{path} line {i}: lr {row[args.lr_column]!r} is not a finite learning rate > 0; every "
+                            f"run needs its learning rate (mark a diverged run by its final_loss, not its lr)")
         if name in table and lr in table[name]:
             raise DataError(f"{path} line {i}: learning rate {lr:g} appears twice for setting {name!r}")
         table.setdefault(name, {})[lr] = _number(row[args.loss_column], "final_loss", i, path)
@@ -137,20 +152,21 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         l0s[name] = l0
         out[name] = {"lr_sensitivity": lr_sensitivity(losses, l0), "init_loss": l0, "n_runs": len(losses),
                      "n_diverged": sum(1 for v in losses.values() if not (math.isfinite(v) and v <= l0))}
+    written = None
     if args.plot:
         lrs = np.array(sorted({lr for t in table.values() for lr in t}))
         finals = {n: np.array([t.get(lr, math.nan) for lr in lrs]) for n, t in table.items()}
         result = LRSweepResult(lrs, finals, l0s, {n: o["lr_sensitivity"] for n, o in out.items()})
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        result.plot(title=f"LR sensitivity: {Path(path).name}").savefig(args.plot, dpi=120)
+        fig = result.plot(title=f"LR sensitivity: {Path(path).name}")
+        written = save_figure(fig, args.plot, dpi=120)
     if args.json:
         print(json.dumps(_json_safe(out), indent=2, allow_nan=False))
     else:
         for name, o in out.items():
             print(f"{name}: LR sensitivity {o['lr_sensitivity']:.4g} (ℓ0 {o['init_loss']:.4g}, "
                   f"{o['n_diverged']}/{o['n_runs']} runs diverged or no better than init)")
-        if args.plot:
-            print(f"wrote {args.plot}")
+        if written is not None:
+            print(f"wrote {written}")
     return 0
 
 
@@ -168,8 +184,8 @@ def run_spikes(args: argparse.Namespace) -> int:
     detector = cls(**{k: v for k, v in options.items() if v is not None and k in accepted})
     fields, rows = _read_csv(args.log)
     _need(fields, args.column, args.log, "--column")
-    values = [_number(r[args.column], args.column, i, args.log) for i, r in enumerate(rows, start=2)]
-    steps = ([_step(r[args.step_column], i, args.log, args.step_column) for i, r in enumerate(rows, start=2)]
+    values = [_number(r[args.column], args.column, i, args.log) for i, r in rows]
+    steps = ([_step(r[args.step_column], i, args.log, args.step_column) for i, r in rows]
              if args.step_column in fields else list(range(1, len(rows) + 1)))
     events = [e for step, v in zip(steps, values) if (e := detector.update(v, step=step, metric=args.column))]
     if args.json:

@@ -100,6 +100,12 @@ class QKNorm(nn.Module):
     Returns:
         ``forward(q, k)`` returns ``(norm_q(q), norm_k(k))``; use them in any attention implementation.
 
+    Apply it to the projected queries and keys **before** rotary position embeddings (RoPE), then rotate the
+    normalised q and k: OLMo 2 (its ``q_norm``/``k_norm`` over the whole projection) and Qwen3 (per head) do so.
+    RoPE is a rotation, so it keeps the norms and the logit bound holds either way; but normalising after RoPE
+    lets the per-feature gains (and LayerNorm's mean subtraction) act on rotated coordinates, so the logits
+    would no longer depend on the relative position alone.
+
     Example:
         >>> qk = QKNorm(8)
         >>> q, k = qk(torch.randn(2, 4, 5, 8) * 1e3, torch.randn(2, 4, 5, 8))
@@ -109,7 +115,8 @@ class QKNorm(nn.Module):
     References:
         Dehghani et al., "Scaling Vision Transformers to 22 Billion Parameters", arXiv:2302.05442, 2023;
         Wortsman et al., "Small-scale proxies for large-scale Transformer training instabilities",
-        arXiv:2309.14322, 2023.
+        arXiv:2309.14322, 2023; Team OLMo, "2 OLMo 2 Furious", arXiv:2501.00656, 2024 (QK-norm, then RoPE);
+        Qwen Team, "Qwen3 Technical Report", arXiv:2505.09388, 2025 (per-head QK-norm, then RoPE).
 
     Notes:
         OLMo-core normalises the whole projection (``n_heads * head_dim``) by default and per head optionally;
@@ -121,6 +128,9 @@ class QKNorm(nn.Module):
         super().__init__()
         if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
             raise ConfigError(f"head_dim must be a positive integer, got {head_dim!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+            raise ConfigError(f"eps must be a finite number > 0 (it keeps the norm's division away from zero), got "
+                              f"{eps!r}; the usual values are 1e-5 (LayerNorm) or 1e-6 (RMSNorm)")
         if norm == "layernorm":
             self.q_norm: nn.Module = nn.LayerNorm(head_dim, eps=eps, elementwise_affine=elementwise_affine)
             self.k_norm: nn.Module = nn.LayerNorm(head_dim, eps=eps, elementwise_affine=elementwise_affine)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -40,6 +40,9 @@ def aux_free_bias_update(bias: torch.Tensor, load: torch.Tensor, update_rate: fl
     if bias.shape != load.shape or bias.ndim != 1:
         raise DataError(f"bias and load must both have shape (n_experts,), got {tuple(bias.shape)} and "
                         f"{tuple(load.shape)}")
+    if load.is_floating_point() and not bool(torch.isfinite(load).all()):
+        raise DataError(f"load has NaN/Inf entries ({load.tolist()}); token counts must be finite; check the all-reduce "
+                        "or whatever produced them (the bias is left unchanged)")
     load = load.to(torch.float64)
     return (bias + update_rate * torch.sign(load.mean() - load).to(bias.dtype)).detach()
 
@@ -55,6 +58,8 @@ def max_violation(load: torch.Tensor) -> float:
         Wang et al., "Auxiliary-Loss-Free Load Balancing Strategy for Mixture-of-Experts", arXiv:2408.15664, 2024.
     """
     load = load.to(torch.float64)
+    if not bool(torch.isfinite(load).all()):
+        raise DataError(f"load has NaN/Inf entries ({load.tolist()}); token counts must be finite")
     mean = float(load.mean())
     if not mean > 0:
         raise DataError("load is empty or all zero; route some tokens before measuring the imbalance")
@@ -69,7 +74,7 @@ class AuxLossFreeRouter(nn.Module):
               g_{i,t} = \frac{s_{i,t}}{\sum_{j \in \mathcal{K}_t} s_{j,t}} \ (i \in \mathcal{K}_t)
 
     The bias :math:`b` is a buffer (no gradient) used **only** to choose the experts; the gating weights use
-    the raw scores. In training mode each forward adds the routed token counts to :attr:`load`;
+    the raw scores. In training mode each forward adds the routed token counts to :attr:`load` (int64);
     :meth:`update_bias` applies :func:`aux_free_bias_update` and clears it (call it after each optimizer step).
 
     Args:
@@ -95,7 +100,9 @@ class AuxLossFreeRouter(nn.Module):
 
     Notes:
         DeepSeek-V3 also uses group-limited routing and a small sequence-wise balance loss (1e-4); neither is
-        included. In data-parallel training all-reduce :attr:`load` (sum) before :meth:`update_bias` so all
+        included. :attr:`expert_bias` stays float32 and :attr:`load` int64 whatever dtype the module is cast
+        to (``.half()``, ``.to(torch.bfloat16)``); the bias is cast to the scores' dtype only to choose the
+        experts. In data-parallel training all-reduce :attr:`load` (sum) before :meth:`update_bias` so all
         ranks keep the same bias.
     """
 
@@ -114,14 +121,14 @@ class AuxLossFreeRouter(nn.Module):
             raise ConfigError(f"score_fn must be 'sigmoid' or 'softmax', got {score_fn!r}")
         aux_free_bias_update(torch.zeros(1), torch.zeros(1), update_rate)  # validates update_rate
         self.gate = nn.Linear(dim, n_experts, bias=False)
-        self.register_buffer("expert_bias", torch.zeros(n_experts))
-        self.register_buffer("load", torch.zeros(n_experts))
+        self.register_buffer("expert_bias", torch.zeros(n_experts, dtype=torch.float32))
+        self.register_buffer("load", torch.zeros(n_experts, dtype=torch.int64))
         self.top_k, self.update_rate, self.score_fn, self.normalize = top_k, float(update_rate), score_fn, normalize
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.gate(x)
         scores = logits.sigmoid() if self.score_fn == "sigmoid" else logits.softmax(dim=-1)
-        indices = torch.topk(scores.detach() + self.expert_bias, self.top_k, dim=-1).indices
+        indices = torch.topk(scores.detach() + self.expert_bias.to(scores.dtype), self.top_k, dim=-1).indices
         weights = scores.gather(-1, indices)
         if self.normalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
@@ -129,10 +136,24 @@ class AuxLossFreeRouter(nn.Module):
             self.load += torch.bincount(indices.reshape(-1), minlength=self.load.numel()).to(self.load.dtype)
         return weights, indices
 
+    def _apply(self, fn: Any, recurse: bool = True) -> AuxLossFreeRouter:
+        # .to(dtype)/.half()/.bfloat16() cast the gate only: the bias stays float32 (a +-u step of 1e-3 is lost or
+        # rounded one-sided in 16-bit) and the load int64 (counts overflow float16 at 65504); device moves apply.
+        before = {name: self._buffers[name] for name in ("expert_bias", "load")}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            if old is not None and new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(device=new.device)
+        return self
+
     @torch.no_grad()
     def update_bias(self) -> torch.Tensor:
         """Apply the sign update with the accumulated :attr:`load`, clear it, and return the load used."""
         used = self.load.clone()
+        if used.is_floating_point() and not bool(torch.isfinite(used).all()):
+            raise DataError(f"load has NaN/Inf entries ({used.tolist()}); it must hold token counts (was it "
+                            "overwritten, or all-reduced from a rank that diverged?); the bias was not updated")
         if used.sum() > 0:
             self.expert_bias.copy_(aux_free_bias_update(self.expert_bias, used, self.update_rate))
         self.load.zero_()

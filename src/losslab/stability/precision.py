@@ -50,6 +50,43 @@ def _cast(obj: Any, dtype: torch.dtype) -> Any:
     return obj
 
 
+_Saved = tuple[dict[str, Any], str, torch.Tensor, torch.Tensor]
+
+
+def _cast_module(module: torch.nn.Module, dtype: torch.dtype) -> list[_Saved]:
+    """Cast the floating-point parameters and buffers of ``module`` to copies in ``dtype``, each tensor on its own.
+
+    Returns what :func:`_restore_module` needs to put every original tensor back untouched, with its own dtype (a
+    module may mix dtypes, e.g. a float32 layer with a float64 or an integer buffer). Parameters keep their identity
+    (their ``.data`` is swapped, as ``Module.to`` does); gradients are left alone.
+    """
+    saved: list[_Saved] = []
+    copies: dict[int, torch.Tensor] = {}  # shared (tied) tensors are cast once
+    with torch.no_grad():
+        for mod in module.modules():
+            stores: tuple[dict[str, Any], ...] = (mod._parameters, mod._buffers)
+            for store in stores:
+                for name, t in list(store.items()):
+                    if t is None or not t.is_floating_point() or (isinstance(t, torch.nn.Parameter) and id(t) in copies):
+                        continue
+                    if id(t) not in copies:
+                        copies[id(t)] = t.detach().to(dtype, copy=True)
+                    saved.append((store, name, t, t.data))
+                    if isinstance(t, torch.nn.Parameter):
+                        t.data = copies[id(t)]
+                    else:
+                        store[name] = copies[id(t)]
+    return saved
+
+
+def _restore_module(saved: list[_Saved]) -> None:
+    for store, name, original, data in reversed(saved):
+        if isinstance(original, torch.nn.Parameter):
+            original.data = data
+        else:
+            store[name] = original
+
+
 def _flatten(out: Any) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
@@ -81,7 +118,8 @@ def numeric_deviation(fn: Callable[..., Any], *inputs: Any,
         inputs: its arguments.
         dtypes: the low precisions to probe.
         rel_floor: :math:`\tau` above.
-        module: a module ``fn`` uses whose parameters must follow the dtype (restored to its dtype afterwards).
+        module: a module ``fn`` uses whose floating-point parameters and buffers must follow the dtype; each one
+            gets its own dtype and values back afterwards (integer buffers are left alone).
 
     Returns:
         ``{str(dtype): NumericDeviation}``.
@@ -111,19 +149,12 @@ def numeric_deviation(fn: Callable[..., Any], *inputs: Any,
         raise DataError("no floating-point tensor among the inputs: nothing to cast to low precision")
 
     def run(dtype: torch.dtype) -> list[torch.Tensor]:
-        original = None
-        if module is not None:
-            original = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            module.to(dtype)
+        saved = _cast_module(module, dtype) if module is not None else []
         try:
             with torch.no_grad():
                 return [t.detach().to(torch.float64) for t in _flatten(fn(*_cast(inputs, dtype)))]
         finally:
-            if module is not None and original is not None:
-                first = next(iter(original.values()), None)
-                if first is not None:
-                    module.to(first.dtype)
-                module.load_state_dict(original)
+            _restore_module(saved)
 
     golden = run(torch.float64)
     if not golden:

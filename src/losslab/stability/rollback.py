@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +55,47 @@ def _to_cpu(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
+def _has_get_set_state(obj: Any) -> bool:
+    return callable(getattr(obj, "get_state", None)) and callable(getattr(obj, "set_state", None))
+
+
+def _get_state(obj: Any) -> Any:
+    return obj.state_dict() if hasattr(obj, "state_dict") else obj.get_state()
+
+
+def _set_state(obj: Any, state: Any) -> None:
+    if hasattr(obj, "load_state_dict"):
+        obj.load_state_dict(state)
+    else:
+        obj.set_state(state)
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global random states: torch's CPU generator, the current CUDA device's (if CUDA is in use), random, numpy."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "random": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = (torch.cuda.current_device(), torch.cuda.get_rng_state())
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        pass
+    else:
+        state["numpy"] = np.random.get_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["random"])
+    if "cuda" in state and torch.cuda.is_available():
+        device, cuda_state = state["cuda"]
+        torch.cuda.set_rng_state(cuda_state, device)
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+
+
 class Rollback:
     r"""Keep the last ``keep`` good states and restore one when training diverges, then skip ``skip_batches``.
 
@@ -78,8 +121,14 @@ class Rollback:
         detectors: loss detectors deciding divergence (default: ``NonFiniteDetector()`` and
             ``ZScoreDetector()``); their state is snapshotted and restored with the model.
         directory: keep snapshots as files there instead of in memory.
-        extra: other stateful objects to snapshot and restore, by name.
+        extra: other stateful objects to snapshot and restore, by name: anything with
+            ``state_dict``/``load_state_dict`` (LR scheduler, grad scaler) or ``get_state``/``set_state``
+            (a ``torch.Generator``, e.g. the one driving a sampler or dropout).
         max_rollbacks: give up after this many rollbacks.
+        rng: also snapshot and restore the global random states (torch's CPU generator, the current CUDA
+            device's generator when CUDA is initialised, ``random`` and numpy's global state), so the batches
+            after a rollback draw the same dropout masks etc. as the original run drew after the snapshot.
+            A few kilobytes per snapshot; pass ``False`` to draw fresh randomness after a rollback.
 
     Example:
         >>> model = torch.nn.Linear(1, 1); opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -100,16 +149,19 @@ class Rollback:
     def __init__(self, model: torch.nn.Module, optimizer: Any, *, every: int = 100, keep: int = 2,
                  skip_batches: int = 200, detectors: Sequence[SpikeDetector] | None = None,
                  directory: str | os.PathLike[str] | None = None, extra: Mapping[str, Any] | None = None,
-                 max_rollbacks: int = 10) -> None:
+                 max_rollbacks: int = 10, rng: bool = True) -> None:
         for name, value, low in (("every", every, 1), ("keep", keep, 1), ("skip_batches", skip_batches, 0),
                                  ("max_rollbacks", max_rollbacks, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         for name, obj in (("model", model), ("optimizer", optimizer), *(extra or {}).items()):
-            if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
-                raise ConfigError(f"{name} must have state_dict() and load_state_dict(), got {type(obj).__name__}")
+            if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")) and not (
+                    name not in ("model", "optimizer") and _has_get_set_state(obj)):
+                raise ConfigError(f"{name} must have state_dict() and load_state_dict() (or, in extra, get_state() "
+                                  f"and set_state() like torch.Generator), got {type(obj).__name__}")
         self.model, self.optimizer, self.extra = model, optimizer, dict(extra or {})
         self.every, self.keep, self.skip_batches, self.max_rollbacks = every, keep, skip_batches, max_rollbacks
+        self.rng = bool(rng)
         self.detectors: list[SpikeDetector] = (
             list(detectors) if detectors is not None else [NonFiniteDetector(), ZScoreDetector()])
         self.directory = None if directory is None else Path(directory)
@@ -126,8 +178,9 @@ class Rollback:
     # -- snapshots ------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "extra": {k: v.state_dict() for k, v in self.extra.items()},
-                "detectors": [d.state_dict() for d in self.detectors]}
+                "extra": {k: _get_state(v) for k, v in self.extra.items()},
+                "detectors": [d.state_dict() for d in self.detectors],
+                "rng": _rng_state() if self.rng else None}
 
     def _snapshot(self) -> None:
         state = _to_cpu(self._state())
@@ -152,9 +205,11 @@ class Rollback:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         for k, v in self.extra.items():
-            v.load_state_dict(copy.deepcopy(state["extra"][k]))
+            _set_state(v, copy.deepcopy(state["extra"][k]))
         for d, s in zip(self.detectors, state["detectors"]):
             d.load_state_dict(copy.deepcopy(s))
+        if state.get("rng") is not None:
+            _set_rng_state(state["rng"])
 
     @property
     def snapshot_steps(self) -> list[int]:
@@ -210,7 +265,13 @@ class Rollback:
                 "snapshots": [(s, p) for s, p in self._snapshots] if self.directory is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`; in memory mode the current state becomes the only snapshot."""
+        """Restore from :meth:`state_dict`; in memory mode the current state becomes the only snapshot.
+
+        In directory mode the saved snapshot files that still exist are used again (none is deleted); if none is
+        left (they were rotated away after the checkpoint), the current state becomes the only snapshot. Files of
+        this instance that the saved state does not list are deleted; other snapshot files in the folder that no
+        saved entry refers to are reported with a :class:`RuntimeWarning`.
+        """
         if not isinstance(state, dict) or "skip_until" not in state:
             raise ConfigError("not a Rollback state_dict (key 'skip_until' expected)")
         if len(state["detectors"]) != len(self.detectors):
@@ -220,11 +281,29 @@ class Rollback:
             d.load_state_dict(s)
         self.step, self.n_rollbacks = int(state["step"]), int(state["n_rollbacks"])
         self.skip_until = int(state["skip_until"])
-        if self.directory is not None and state.get("snapshots"):
-            for i in range(len(self._snapshots) - 1, -1, -1):
+        saved = [(int(s), str(p)) for s, p in state.get("snapshots") or []] if self.directory is not None else []
+        keep_paths = {os.path.abspath(p) for _, p in saved}
+        for i in range(len(self._snapshots) - 1, -1, -1):  # this instance's own files the saved state does not use
+            if not (isinstance(self._snapshots[i][1], str) and os.path.abspath(self._snapshots[i][1]) in keep_paths):
                 self._drop(i)
-            self._snapshots = [(int(s), str(p)) for s, p in state["snapshots"] if Path(p).exists()]
-            self._restored_from = state.get("restored_from")
-        else:
+        self._snapshots = [(s, p) for s, p in saved if Path(p).is_file()]
+        if self._snapshots:
+            restored_from = state.get("restored_from")
+            self._restored_from = restored_from if restored_from in self.snapshot_steps else None
+        else:  # memory mode, or every saved file is gone (rotated away after the checkpoint): start afresh
             self._snapshots = []
             self._snapshot()
+        if self.directory is not None:
+            self._warn_orphans()
+
+    def _warn_orphans(self) -> None:
+        """Warn about snapshot files in :attr:`directory` that no kept snapshot refers to."""
+        assert self.directory is not None
+        used = {os.path.abspath(p) for _, p in self._snapshots}
+        orphans = sorted(str(f) for f in self.directory.glob("rollback-step*.pt")
+                         if os.path.abspath(f) not in used)
+        if orphans:
+            warnings.warn(f"{len(orphans)} snapshot file(s) in {str(self.directory)!r} belong to no snapshot of the "
+                          f"loaded state (e.g. written after the checkpoint was taken) and will not be used: "
+                          f"{', '.join(orphans[:5])}{' ...' if len(orphans) > 5 else ''}; delete them if no other "
+                          f"run uses this folder", RuntimeWarning, stacklevel=3)
