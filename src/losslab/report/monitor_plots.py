@@ -18,7 +18,15 @@ _COLORS = {"loss": "tab:red", "grad_norm": "tab:purple", "nonfinite_grads": "bla
 def _column(columns: Mapping[str, Any], name: str) -> np.ndarray | None:
     if name not in columns:
         return None
-    return np.array([np.nan if v is None else v for v in columns[name]], dtype=np.float64)
+    try:
+        col = np.array([np.nan if v is None else v for v in columns[name]], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"plot_monitor: column {name!r} of `columns` holds non-numeric values ({exc}); pass numbers "
+                        "or None per step, e.g. MonitorLog.columns from losslab.monitor.read_log") from exc
+    if col.ndim != 1:
+        raise DataError(f"plot_monitor: column {name!r} of `columns` must be one value per step; got an array of "
+                        f"shape {col.shape}")
+    return col
 
 
 def plot_monitor(columns: Mapping[str, Sequence[float | None] | np.ndarray], events: Sequence[Mapping[str, Any]] = (),
@@ -26,7 +34,8 @@ def plot_monitor(columns: Mapping[str, Sequence[float | None] | np.ndarray], eve
     """Stacked panels of ``loss``, ``grad_norm`` and, when present, ``update_ratio``, sharing the step axis.
 
     Events are drawn as vertical lines across every panel (coloured by the metric that fired) and as markers on
-    the panel of their metric; non-finite values appear as triangles at the top edge of their panel.
+    the panel of their metric; non-finite values appear as triangles at the top edge of their panel. Only columns with at least one finite
+    value get a panel.
 
     Args:
         columns: ``MonitorLog.columns`` (from :func:`losslab.monitor.read_log`) or ``TrainingMonitor.history``.
@@ -35,6 +44,10 @@ def plot_monitor(columns: Mapping[str, Sequence[float | None] | np.ndarray], eve
 
     Returns:
         A matplotlib ``Figure`` (Agg-safe; the caller saves or closes it).
+
+    Raises:
+        DataError: no ``step`` column, a column whose length differs from ``step``, non-numeric values, or no
+            finite value in any of ``loss``, ``grad_norm``, ``update_ratio``.
 
     Example:
         >>> fig = plot_monitor({"step": [1, 2, 3], "loss": [3.0, 9.0, 2.0]},
@@ -45,17 +58,26 @@ def plot_monitor(columns: Mapping[str, Sequence[float | None] | np.ndarray], eve
     steps = _column(columns, "step")
     if steps is None:
         raise DataError("plot_monitor needs a 'step' column; pass MonitorLog.columns or TrainingMonitor.history")
-    panels = [(name, label) for name, label in (("loss", "loss"), ("grad_norm", "gradient norm"),
-                                                ("update_ratio", "update / parameter norm"))
-              if name in columns and np.isfinite(_column(columns, name)).any()]  # type: ignore[arg-type]
+    metrics = (("loss", "loss"), ("grad_norm", "gradient norm"), ("update_ratio", "update / parameter norm"))
+    values: dict[str, np.ndarray] = {}
+    for name, _label in metrics:
+        col = _column(columns, name)
+        if col is None:
+            continue
+        if col.size != steps.size:
+            raise DataError(f"plot_monitor: column {name!r} of `columns` has {col.size} values but 'step' has "
+                            f"{steps.size}; every column needs one value per step (None where not sampled)")
+        values[name] = col
+    panels = [(name, label) for name, label in metrics if name in values and np.isfinite(values[name]).any()]
     if not panels:
-        panels = [("loss", "loss")]
+        given = ", ".join(repr(n) for n in values) or "none"
+        raise DataError(f"plot_monitor: nothing to draw, `columns` has no finite value in 'loss', 'grad_norm' or "
+                        f"'update_ratio' ({steps.size} steps; metric columns given: {given}); pass a log with at "
+                        "least one finite loss or gradient norm")
     fig = Figure(figsize=(8, 2.3 * len(panels) + 0.6))
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (name, label) in zip(axes, panels):
-        y = _column(columns, name)
-        if y is None:
-            continue
+        y = values[name]
         ok = np.isfinite(y)
         sparse = ok.sum() < 0.5 * len(y)  # a sampled metric (every_n_steps): show the samples
         ax.plot(steps[ok], y[ok], lw=1.1, color="tab:blue", marker="." if sparse else None, ms=4)

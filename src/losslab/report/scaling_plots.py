@@ -15,8 +15,9 @@ def plot_scaling_fit(fit: Any, data: Any, *, n_curves: int = 6, title: str | Non
     For laws over ``(params, tokens)`` (Chinchilla, Kaplan L(N, D), over-training): loss against compute
     ``C = 6 N D`` on log-log axes, points coloured by model size, the fitted law along ``n_curves`` model sizes
     (quantiles of the data's sizes), and the compute-optimal frontier ``L(N*(C), D*(C))`` when the law defines
-    one. For other laws: the target against the law's first input, with the fitted curve (other inputs held at
-    the data's values) and observed vs predicted.
+    one. For laws over one input (e.g. ``downstream_error``): the target against that input with the fitted curve.
+    For other laws over several inputs (e.g. ``kaplan_ns``), where no single input orders the fit: observed vs
+    predicted target, one point per run, with the line ``y = x`` (log axes when the values span a decade or more).
 
     Args:
         fit: a :class:`losslab.forecast.scaling.ScalingFit`.
@@ -68,6 +69,31 @@ def plot_scaling_fit(fit: Any, data: Any, *, n_curves: int = 6, title: str | Non
         ax.set_xlabel("compute C = 6 N D (FLOP)")
         ax.set_ylabel(target)
         ax.legend(loc="upper right", fontsize=7)
+    elif len(law.inputs) > 1:
+        y = d[target]
+        pred = fit.predict({c: d[c] for c in law.inputs})
+        ax.scatter(pred, y, s=16, label="runs")
+        both = np.concatenate([pred, y])
+        both = both[np.isfinite(both)]
+        lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
+        log = both.size > 0 and lo > 0 and hi >= 10 * lo
+        pad = (hi / lo) ** 0.05 if log else 0.05 * (hi - lo) or 0.05 * max(abs(hi), 1.0)
+        lim = (lo / pad, hi * pad) if log else (lo - pad, hi + pad)
+        ax.plot(lim, lim, "k--", lw=1.0, label="y = x (perfect fit)")
+        if log:
+            from matplotlib.ticker import LogFormatter
+
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            for axis in (ax.xaxis, ax.yaxis):  # plain numbers ("3", "20") on the ticks: short, never overlapping
+                axis.set_major_formatter(LogFormatter())
+                axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.5, 0.4)))
+        ax.set_xlim(*lim)
+        ax.set_ylim(*lim)
+        ax.set_aspect("equal", adjustable="box")
+        ax.set_xlabel(f"predicted {target} ({', '.join(law.inputs)})")
+        ax.set_ylabel(f"observed {target}")
+        ax.legend(fontsize=8)
     else:
         x_name = law.inputs[0]
         x, y = d[x_name], d[target]
