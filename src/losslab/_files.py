@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +13,6 @@ from typing import Any
 from losslab._errors import ConfigError, DataError
 
 __all__ = ["prepare_outputs", "prepare_plot", "read_text_lines", "replacing", "save_figure", "write_text"]
-
-_UMASK = os.umask(0)  # read once: new files get the usual 0o666 & ~umask mode, not mkstemp's 0o600
-os.umask(_UMASK)
-
 
 def prepare_outputs(*paths: str | Path | None) -> None:
     """Check every output path before any work: refuse folders, create missing parent folders.
@@ -72,11 +68,17 @@ def prepare_plot(path: str | Path | None) -> None:
 def replacing(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step, on error it is removed."""
     target = Path(path).expanduser()
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}{target.suffix}"
+        try:  # created like open() would (mode 0o666 less the umask), and never over an existing file
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 100 random names taken
+        raise FileExistsError(f"no free temporary name next to {target}")
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        yield tmp
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
