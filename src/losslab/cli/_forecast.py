@@ -124,10 +124,6 @@ def _say(text: str) -> None:
         print(text)
 
 
-def _save_figure(fig: Any, path: str) -> None:
-    save_figure(fig, path, dpi=110)  # a plain Figure (no pyplot state): nothing to close
-
-
 def _load_fit(path: str) -> Any:
     """CurveFit.load, with the file named in the error when the loader did not name it."""
     from losslab.forecast.fit import CurveFit
@@ -174,7 +170,7 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.plot:
         from losslab.report import plot_curve_fit
 
-        _save_figure(plot_curve_fit(fit, curves), args.plot)
+        save_figure(plot_curve_fit(fit, curves), args.plot, dpi=110)
     if args.json:
         print(json.dumps(fit.to_dict(), indent=2))
     else:
@@ -217,7 +213,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.plot:
         from losslab.report import plot_loss_prediction
 
-        _save_figure(plot_loss_prediction(lr, loss, lower, upper, measured=measured, level=args.level), args.plot)
+        save_figure(plot_loss_prediction(lr, loss, lower, upper, measured=measured, level=args.level), args.plot,
+                    dpi=110)
     if args.json:
         print(json.dumps(prediction_dict(loss, lower, upper), allow_nan=False))
         return 0
@@ -288,8 +285,9 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.plot:
         from losslab.report import plot_schedule_plan
 
-        _save_figure(plot_schedule_plan(fit, {f"best {args.family}": best_lr, **_baseline_lrs(plan, args.steps)},
-                                        title=f"planned {args.family} schedule, {args.steps} steps"), args.plot)
+        fig = plot_schedule_plan(fit, {f"best {args.family}": best_lr, **_baseline_lrs(plan, args.steps)},
+                                 title=f"planned {args.family} schedule, {args.steps} steps")
+        save_figure(fig, args.plot, dpi=110)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2, default=_jsonable))
         return 0

@@ -23,10 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from losslab._errors import ConfigError
+    from losslab._files import prepare_plot, save_figure
     from losslab.monitor._logfile import format_summary, read_log, summary_stats
 
     if args.max_events < 0:
         raise ConfigError(f"--max-events must be >= 0, got {args.max_events}")
+    prepare_plot(args.plot)
     log = read_log(args.log)
     stats = summary_stats(log.columns, log.events)
     if args.plot is not None:
@@ -37,8 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
         fig = plot_monitor(log.columns, log.events, title=f"{args.log.name}: {len(log)} steps, "
                                                           f"{len(log.events)} events")
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.plot, dpi=110)
+        save_figure(fig, args.plot, dpi=110)
         stats["plot"] = str(args.plot)
     if args.json:
         def clean(x: object) -> object:

@@ -134,9 +134,12 @@ def _add_or_merge(table: Table, step_raw: Any, lr_raw: Any, loss_raw: Any, where
     """Add a JSONL record, or (``merge``: same run as the previous record) merge it into the previous row when both
     log the same step (one metric a line)."""
     row = Table(table.source)
-    _add_row(row, step_raw, lr_raw, loss_raw, where)
+    _add_row(row, step_raw, lr_raw, loss_raw, where)  # parsed and checked once
     if not (merge and table.steps and table.steps[-1] == row.steps[0]):
-        _add_row(table, step_raw, lr_raw, loss_raw, where)
+        table.steps += row.steps
+        table.lr += row.lr
+        table.loss += row.loss
+        table.where += row.where
         return
     for values, new, what in ((table.lr, row.lr[0], "learning rate"), (table.loss, row.loss[0], "loss")):
         if math.isnan(new):

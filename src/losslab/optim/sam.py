@@ -114,11 +114,11 @@ class SAM(Wrapper):
         return torch.linalg.vector_norm(torch.stack(norms))
 
     @torch.no_grad()
-    def first_step(self, zero_grad: bool = False) -> None:
+    def first_step(self, zero_grad: bool = False, *, _norm: torch.Tensor | None = None) -> None:
         """Move every parameter with a gradient to ``w + e(w)`` and remember ``w``."""
         if self._perturbed:
             raise ConfigError("SAM.first_step was called twice without second_step/restore in between")
-        norm = self._grad_norm()
+        norm = self._grad_norm() if _norm is None else _norm
         if bool(torch.isfinite(norm)):
             for group in self.param_groups:
                 scale = group["rho"] / (norm + self.eps)
@@ -161,9 +161,11 @@ class SAM(Wrapper):
         """
         if closure is None:
             return self.second_step()
-        if not bool(self._grad_norm() > 0):  # no gradient at w yet (zero_grad before step): compute it
+        norm = self._grad_norm()
+        if not bool(norm > 0):  # no gradient at w yet (zero_grad before step): compute it
             closure_loss(closure)
-        self.first_step(zero_grad=True)
+            norm = self._grad_norm()
+        self.first_step(zero_grad=True, _norm=norm)  # the norm is not read twice
         loss = closure_loss(closure)
         if "loss" in inspect.signature(self.base_optimizer.step).parameters:
             self.second_step(loss=loss)
