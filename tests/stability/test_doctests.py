@@ -7,7 +7,8 @@ import importlib
 
 import pytest
 
-MODULES = ["spikes", "_spike_rolling", "_spike_bounds", "skip", "rollback", "layers", "moe", "sensitivity", "precision"]
+MODULES = ["spikes", "_spike_rolling", "_spike_bounds", "skip", "rollback", "layers", "moe", "moe_losses", "sensitivity",
+           "precision"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -6,7 +6,8 @@
   and skips the following batches (PaLM).
 - layers: GLM-130B embedding-gradient shrink, QK-norm, LayerNorm scaling (curse of depth), logit soft-cap,
   z-loss.
-- moe: auxiliary-loss-free MoE load balancing (DeepSeek).
+- moe / moe_losses: auxiliary-loss-free MoE load balancing (DeepSeek), the load-balancing loss (Switch,
+  DeepSeek-V3 sequence-wise, global-batch counts) and the router z-loss (ST-MoE).
 - sensitivity: LR sensitivity and a parallel LR-sweep runner on any ``concurrent.futures`` executor.
 - precision: numeric-deviation probe of an op in low precision against float64.
 """
@@ -27,6 +28,7 @@ from losslab.stability.layers import (
     z_loss,
 )
 from losslab.stability.moe import AuxLossFreeRouter, aux_free_bias_update, max_violation
+from losslab.stability.moe_losses import load_balancing_loss, router_z_loss
 from losslab.stability.precision import NumericDeviation, numeric_deviation
 from losslab.stability.rollback import Rollback, RollbackEvent
 from losslab.stability.sensitivity import LRSweepResult, RayExecutor, lr_sensitivity, lr_sweep, plot_lr_sweep
@@ -64,12 +66,14 @@ __all__ = [
     "apply_layernorm_scaling",
     "aux_free_bias_update",
     "detect_spikes",
+    "load_balancing_loss",
     "lr_sensitivity",
     "lr_sweep",
     "max_violation",
     "numeric_deviation",
     "plot_lr_sweep",
     "registry",
+    "router_z_loss",
     "shrink_embedding_gradient",
     "softcap",
     "total_grad_norm",
