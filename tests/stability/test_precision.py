@@ -128,3 +128,37 @@ def test_module_with_mixed_dtypes_gets_each_dtype_back():
                                                       "lin.bias": torch.float32, "table": torch.float64}
     assert all(torch.equal(after[k], before[k]) for k in before)
     assert m.lin.weight is weight and torch.equal(m.lin.weight.grad, torch.ones(4, 4))
+
+
+def test_rounded_reference_isolates_the_op_error():
+    x = torch.linspace(-3, 3, 1001, dtype=torch.float64)
+    exact = numeric_deviation(torch.exp, x, dtypes=tuple(UNIT))
+    rounded = numeric_deviation(torch.exp, x, dtypes=tuple(UNIT), reference="rounded")
+    for dtype, u in UNIT.items():
+        # exp of an input already in dtype: only the output rounding is left, one unit roundoff for the 16-bit
+        # types (computed in float32, then rounded); float32's exp is accurate to one ulp, not correctly rounded
+        bound = 2 * u if dtype == torch.float32 else u * (1 + 1e-6)
+        assert 0 < rounded[str(dtype)].max_rel <= bound
+        assert exact[str(dtype)].max_rel > rounded[str(dtype)].max_rel
+    # the input rounding (|x| * u, up to 3u) is part of the end-to-end error
+    assert exact["torch.bfloat16"].max_rel > UNIT[torch.bfloat16]
+    xb = x.to(torch.bfloat16)
+    by_hand = (torch.exp(xb).double() - torch.exp(xb.double())).abs()
+    assert rounded["torch.bfloat16"].max_abs == pytest.approx(float(by_hand.max()), rel=1e-12)
+    assert rounded["torch.bfloat16"].mean_abs == pytest.approx(float(by_hand.mean()), rel=1e-12)
+
+
+def test_rounded_reference_with_a_module_restores_it():
+    torch.manual_seed(0)
+    m = _Mixed()
+    weight = m.lin.weight
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.randn(3, 4)
+    exact = numeric_deviation(m, x, module=m, dtypes=(torch.bfloat16,))["torch.bfloat16"]
+    rounded = numeric_deviation(m, x, module=m, dtypes=(torch.bfloat16,), reference="rounded")["torch.bfloat16"]
+    assert 0 < rounded.mean_rel < exact.mean_rel
+    after = m.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    assert m.lin.weight is weight
+    with pytest.raises(ConfigError, match="'exact' or 'rounded'"):
+        numeric_deviation(torch.exp, x, reference="golden")

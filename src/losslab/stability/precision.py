@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -100,7 +100,7 @@ def _flatten(out: Any) -> list[torch.Tensor]:
 def numeric_deviation(fn: Callable[..., Any], *inputs: Any,
                       dtypes: Sequence[torch.dtype] = (torch.bfloat16, torch.float16, torch.float32),
                       rel_floor: float | None = None, module: torch.nn.Module | None = None,
-                      ) -> dict[str, NumericDeviation]:
+                      reference: Literal["exact", "rounded"] = "exact") -> dict[str, NumericDeviation]:
     r"""Run ``fn(*inputs)`` in each low precision and in float64 and report the deviation of the outputs.
 
     Floating-point tensors in ``inputs`` (nested lists/tuples/dicts too) and, if given, the parameters of
@@ -120,6 +120,10 @@ def numeric_deviation(fn: Callable[..., Any], *inputs: Any,
         rel_floor: :math:`\tau` above.
         module: a module ``fn`` uses whose floating-point parameters and buffers must follow the dtype; each one
             gets its own dtype and values back afterwards (integer buffers are left alone).
+        reference: ``"exact"`` runs the float64 reference on the inputs as given, so the deviation includes the
+            rounding of the inputs to ``dtype`` (the error a user of that precision gets end to end);
+            ``"rounded"`` runs it, for each dtype, on the inputs (and module tensors) first rounded to that dtype,
+            so the deviation is the op's own arithmetic error (what a kernel comparison needs).
 
     Returns:
         ``{str(dtype): NumericDeviation}``.
@@ -142,29 +146,43 @@ def numeric_deviation(fn: Callable[..., Any], *inputs: Any,
         raise ConfigError(f"fn must be callable, got {type(fn).__name__}")
     if not dtypes or not all(isinstance(d, torch.dtype) and d.is_floating_point for d in dtypes):
         raise ConfigError(f"dtypes must be a non-empty sequence of floating torch dtypes, got {dtypes!r}")
+    if reference not in ("exact", "rounded"):
+        raise ConfigError(f"reference must be 'exact' or 'rounded', got {reference!r}")
     if rel_floor is not None and not rel_floor > 0:
         raise ConfigError(f"rel_floor must be > 0, got {rel_floor!r}")
     if module is None and not any(isinstance(t, torch.Tensor) and t.is_floating_point()
                                   for t in _flatten(list(inputs))):
         raise DataError("no floating-point tensor among the inputs: nothing to cast to low precision")
 
-    def run(dtype: torch.dtype) -> list[torch.Tensor]:
-        saved = _cast_module(module, dtype) if module is not None else []
+    def run(*casts: torch.dtype) -> list[torch.Tensor]:
+        saved: list[list[_Saved]] = []
+        args = inputs
         try:
+            for dtype in casts:  # one cast after the other: rounded to the first, computed in the last
+                saved.append(_cast_module(module, dtype) if module is not None else [])
+                args = _cast(args, dtype)
             with torch.no_grad():
-                return [t.detach().to(torch.float64) for t in _flatten(fn(*_cast(inputs, dtype)))]
+                return [t.detach().to(torch.float64) for t in _flatten(fn(*args))]
         finally:
-            _restore_module(saved)
+            for s in reversed(saved):
+                _restore_module(s)
 
-    golden = run(torch.float64)
-    if not golden:
-        raise DataError("fn returned no tensor; it must return a tensor or a tuple/list/dict of tensors")
-    ref = torch.cat([g.reshape(-1) for g in golden])
-    if not torch.isfinite(ref).all():
-        raise DataError("the float64 reference output has NaN/Inf; the op itself is ill-defined on these inputs")
-    tau = float(rel_floor) if rel_floor is not None else max(1e-6 * float(ref.abs().max()), 1e-300)
+    def golden_of(dtype: torch.dtype | None) -> tuple[list[torch.Tensor], torch.Tensor, float]:
+        golden = run(torch.float64) if dtype is None else run(dtype, torch.float64)
+        if not golden:
+            raise DataError("fn returned no tensor; it must return a tensor or a tuple/list/dict of tensors")
+        ref = torch.cat([g.reshape(-1) for g in golden])
+        if not torch.isfinite(ref).all():
+            where = "" if dtype is None else f" on the inputs rounded to {dtype}"
+            raise DataError(f"the float64 reference output has NaN/Inf{where}; the op itself is ill-defined on "
+                            "these inputs")
+        tau = float(rel_floor) if rel_floor is not None else max(1e-6 * float(ref.abs().max()), 1e-300)
+        return golden, ref, tau
+
+    exact = golden_of(None) if reference == "exact" else None
     out = {}
     for dtype in dtypes:
+        golden, ref, tau = exact if exact is not None else golden_of(dtype)
         low = run(dtype)
         if [t.shape for t in low] != [g.shape for g in golden]:
             raise DataError(f"fn returned shapes {[tuple(t.shape) for t in low]} in {dtype} but "
