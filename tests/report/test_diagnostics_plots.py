@@ -3,6 +3,9 @@ empty or all-non-finite input raises a DataError naming the argument instead of 
 
 from __future__ import annotations
 
+import io
+import warnings
+
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
@@ -91,6 +94,27 @@ def test_loss_plane_contours_the_finite_losses_with_log_levels():
     assert levels[0] == pytest.approx(0.1) and levels[-1] == pytest.approx(np.max(z[np.isfinite(z)]))
     np.testing.assert_allclose(np.diff(np.log(levels)), np.log(levels[1] / levels[0]))  # geometric
     np.testing.assert_array_equal(ax.get_lines()[-1].get_xydata(), [[0, 0]])  # the centre star
+
+
+@pytest.mark.parametrize("log", [True, False])
+def test_flat_loss_plane_says_so_and_draws_one_colour(log):
+    z = np.full((5, 5), 2.0)
+    z[4, 4] = nan
+    with pytest.warns(RuntimeWarning, match="loss is 2 at every point"):
+        fig = plot_loss_plane(_plane(z), log=log)
+    ax, cbar = fig.axes
+    assert [t.get_text() for t in ax.texts] == ["flat: loss = 2 everywhere"]
+    assert [t.get_text() for t in cbar.get_yticklabels()] == ["2"]
+    fig.savefig(io.BytesIO(), format="png")  # renders without a further warning
+
+
+def test_nearly_flat_plane_is_not_flagged():
+    z = np.full((5, 5), 2.0)
+    z[2, 2] = 2.0 - 1e-6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = plot_loss_plane(_plane(z))
+    assert not fig.axes[0].texts
 
 
 def test_spectral_density_skips_non_finite_values_and_floors_for_the_log_axis():

@@ -6,6 +6,7 @@ Every function draws with matplotlib's Agg backend and returns a :class:`matplot
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -114,10 +115,16 @@ def plot_loss_plane(plane: Any, *, levels: int = 30, log: bool = True, title: st
     if np.isnan(z).all():
         raise DataError(f"plot_loss_plane: nothing to draw, `plane.losses` has no finite value among its {z.size}; "
                         f"{how}")
+    lo, hi = float(np.nanmin(z)), float(np.nanmax(z))
+    flat = hi - lo <= 1e-12 * max(abs(hi), abs(lo), 1e-300)
+    if flat:
+        warnings.warn(f"plot_loss_plane: the loss is {lo:.6g} at every point of the plane; the directions do not "
+                      "change the model's output (zero directions, frozen parameters, or a model that ignores "
+                      "them), so there is no landscape to see", RuntimeWarning, stacklevel=2)
     fig = _figure(5.5, 4.5)
     ax = fig.add_subplot()
     A, B = np.meshgrid(alphas, betas, indexing="ij")
-    positive = bool(np.nanmin(z) > 0)
+    positive = lo > 0
     if log and positive:
         lv = np.geomspace(np.nanmin(z), np.nanmax(z), levels) if np.nanmax(z) > np.nanmin(z) else levels
         cs = ax.contourf(A, B, z, levels=lv, norm=LogNorm(), cmap="viridis")
@@ -125,10 +132,12 @@ def plot_loss_plane(plane: Any, *, levels: int = 30, log: bool = True, title: st
         cs = ax.contourf(A, B, z, levels=levels, cmap="viridis")
     ax.contour(A, B, z, levels=cs.levels, colors="k", linewidths=0.3)
     cbar = fig.colorbar(cs, ax=ax, label="loss")
-    lo, hi = float(np.nanmin(z)), float(np.nanmax(z))
-    ticks = np.geomspace(lo, hi, 6) if (log and positive and hi > lo) else np.linspace(lo, hi, 6)
+    ticks = np.array([lo]) if flat else np.geomspace(lo, hi, 6) if (log and positive) else np.linspace(lo, hi, 6)
     cbar.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
     cbar.minorticks_off()
+    if flat:
+        ax.text(0.5, 0.92, f"flat: loss = {lo:.4g} everywhere", transform=ax.transAxes, ha="center",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
     ax.plot([0], [0], marker="*", color="red", ms=10)
     ax.set_xlabel(r"$\alpha$ (direction 1)")
     ax.set_ylabel(r"$\beta$ (direction 2)")
