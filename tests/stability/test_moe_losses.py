@@ -199,3 +199,20 @@ def test_global_batch_counts_over_two_ranks():
            str(REPO / "tests" / "stability" / "_moe_ddp_worker.py")]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_in_bfloat16_inputs():
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 64, 16, generator=gen).to(torch.bfloat16)
+    mask = torch.rand(2, 64, generator=gen) > 0.2
+    probs = torch.softmax(logits.float(), -1).to(torch.bfloat16)
+    indices = probs.float().topk(2).indices
+    for per_sequence in (False, True):
+        cpu = load_balancing_loss(probs, indices, token_mask=mask, per_sequence=per_sequence)
+        gpu = load_balancing_loss(probs.cuda(), indices.cuda(), token_mask=mask.cuda(), per_sequence=per_sequence)
+        assert gpu.dtype == torch.float32 and gpu.is_cuda
+        torch.testing.assert_close(gpu.cpu(), cpu)
+    torch.testing.assert_close(router_z_loss(logits.cuda(), token_mask=mask.cuda()).cpu(),
+                               router_z_loss(logits, token_mask=mask))

@@ -225,17 +225,17 @@ def test_directory_resume_after_files_rotated_away(tmp_path):
     assert len(list(tmp_path.iterdir())) == 3  # rb2's own step-0 file was removed, not left behind
 
 
-def _dropout_run(poison_batch=None, rng=True, n_batches=8):
+def _dropout_run(poison_batch=None, rng=True, n_batches=8, device="cpu"):
     """Dropout then Linear, trained on ones; returns the dropout masks drawn at each batch, in order."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(32, 1))
+    torch.manual_seed(0)  # seeds the CUDA generators too
+    model = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(32, 1)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     masks = []
     model[0].register_forward_hook(lambda mod, inp, out: masks.append(out.detach() == 0))
     rb = Rollback(model, opt, every=3, keep=2, skip_batches=0, detectors=[NonFiniteDetector()], rng=rng)
     events = []
     for b in range(n_batches):
-        loss = model(torch.ones(4, 32)).pow(2).mean()
+        loss = model(torch.ones(4, 32, device=device)).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -255,6 +255,17 @@ def test_rollback_restores_the_random_state_so_dropout_masks_repeat():
     fresh, _ = _dropout_run(poison_batch=4, rng=False)
     assert not torch.equal(fresh[5], clean[3])  # without rng=True the draws just continue
     assert torch.equal(fresh[5], clean[5])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rollback_restores_the_cuda_random_state():
+    clean, _ = _dropout_run(device="cuda")
+    masks, events = _dropout_run(poison_batch=4, device="cuda")
+    assert masks[0].is_cuda and [e.restored_step for e in events] == [3]
+    assert torch.equal(masks[5], clean[3]) and torch.equal(masks[6], clean[4])
+    fresh, _ = _dropout_run(poison_batch=4, rng=False, device="cuda")
+    assert not torch.equal(fresh[5], clean[3]) and torch.equal(fresh[5], clean[5])
 
 
 def test_rollback_restores_python_numpy_and_generator_states():
