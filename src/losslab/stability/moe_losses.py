@@ -25,6 +25,25 @@ def _check_mask(token_mask: torch.Tensor | None, shape: torch.Size, what: str) -
                         f"(expert) dimension {tuple(shape)}; pass True for the tokens that count (an attention mask)")
 
 
+def _expert_counts(indices: torch.Tensor, n_experts: int, keep: torch.Tensor | None,
+                   per_sequence: bool) -> torch.Tensor:
+    """Routing slots per expert, ``(E,)`` or per sequence ``(..., E)``: one ``bincount`` over ``T * k`` keys.
+
+    Each sequence gets its own block of ``E`` keys; masked tokens go to one extra key that is dropped. No
+    ``(T, E)`` routing map is built, and no weights are passed, so the count is deterministic on CUDA too.
+    """
+    keys = indices.long()
+    lead = indices.shape[:-2] if per_sequence else torch.Size()
+    n_groups = math.prod(lead)
+    if per_sequence:
+        group = torch.arange(n_groups, device=keys.device).reshape(*lead, 1, 1)
+        keys = keys + group * n_experts
+    if keep is not None:
+        keys = torch.where(keep.unsqueeze(-1), keys, n_groups * n_experts)
+    counts = torch.bincount(keys.reshape(-1), minlength=n_groups * n_experts + 1)[:n_groups * n_experts]
+    return counts.reshape(*lead, n_experts)
+
+
 def load_balancing_loss(router_probs: torch.Tensor, expert_indices: torch.Tensor, *, coefficient: float = 1e-2,
                         token_mask: torch.Tensor | None = None, per_sequence: bool = False,
                         group: Any = None) -> torch.Tensor:
@@ -109,14 +128,12 @@ def load_balancing_loss(router_probs: torch.Tensor, expert_indices: torch.Tensor
                               "first or pass group=None")
 
     probs = router_probs.to(torch.promote_types(router_probs.dtype, torch.float32))
-    chosen = torch.zeros_like(probs).scatter_add_(-1, expert_indices.long(), torch.ones_like(probs[..., :k]))
-    if token_mask is not None:
-        keep = token_mask.to(device=probs.device, dtype=torch.bool).unsqueeze(-1)
-        # where, not a product: padding may hold NaN, which must reach neither the loss nor the gradient
-        probs, chosen = torch.where(keep, probs, 0.0), torch.where(keep, chosen, 0.0)
+    keep = None if token_mask is None else token_mask.to(device=probs.device, dtype=torch.bool)
+    if keep is not None:  # where, not a product: padding may hold NaN, which must reach neither loss nor gradient
+        probs = torch.where(keep.unsqueeze(-1), probs, 0.0)
     token_dims = (-2,) if per_sequence else tuple(range(probs.ndim - 1))
-    counts = chosen.sum(dim=token_dims)
     prob_sums = probs.sum(dim=token_dims)
+    counts = _expert_counts(expert_indices, n_experts, keep, per_sequence).to(probs.dtype)
     n_tokens = counts.sum(dim=-1) / k  # tokens that count (per sequence with per_sequence)
     n_tokens_f = n_tokens
     if group is not None:
