@@ -165,6 +165,8 @@ def test_router_z_loss_formula_gradient_and_precision():
      "seq, n_experts"),
     (lambda: load_balancing_loss(torch.ones(4, 3, dtype=torch.long), torch.zeros(4, 1, dtype=torch.long)),
      "floating-point"),
+    (lambda: load_balancing_loss(torch.rand(4, 3), torch.zeros(4, 1, dtype=torch.long, device="meta")),
+     "move both to one device"),
     (lambda: router_z_loss(torch.zeros(4, 0)), "n_experts >= 1"),
     (lambda: router_z_loss(torch.zeros(4, 3), token_mask=torch.ones(3, dtype=torch.bool)), "token_mask shape"),
 ])

@@ -108,6 +108,9 @@ def load_balancing_loss(router_probs: torch.Tensor, expert_indices: torch.Tensor
     if expert_indices.shape[:-1] != router_probs.shape[:-1] or expert_indices.ndim != router_probs.ndim:
         raise DataError(f"expert_indices shape {tuple(expert_indices.shape)} must be router_probs shape "
                         f"{tuple(router_probs.shape)} with k in place of the last (expert) dimension")
+    if expert_indices.device != router_probs.device:
+        raise DataError(f"expert_indices is on {expert_indices.device} but router_probs on {router_probs.device}; "
+                        "move both to one device")
     k = expert_indices.shape[-1]
     if n_experts == 0 or k == 0 or k > n_experts:
         raise DataError(f"need 1 <= k <= n_experts, got k={k} experts per token and n_experts={n_experts}")
