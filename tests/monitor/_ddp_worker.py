@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -15,6 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from losslab.monitor import TrainingMonitor
+from tests._dist_worker import exit_cleanly
 
 
 def main(out: Path) -> None:
@@ -94,14 +94,7 @@ def main(out: Path) -> None:
     result["mismatch"] = {"loss": monitor.history["loss"], "warned": warned,
                           "events": [e.message for e in monitor.events]}
     (out / f"rank{rank}.json").write_text(json.dumps(result))
-    dist.barrier()
-    dist.destroy_process_group()
-    # Leave without running C++ static destructors: on a loaded machine gloo's background threads can still be
-    # joinable at interpreter exit, and libstdc++ then aborts ("terminate called without an active exception")
-    # after all the work above has completed and been checked.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_cleanly()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import torch
@@ -10,6 +9,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from losslab.optim import SAM, SPAM
+from tests._dist_worker import exit_cleanly
 
 
 def check_identical(model: torch.nn.Module, label: str) -> None:
@@ -52,14 +52,7 @@ def main() -> None:
         if torch.equal(start, end):
             print(f"{label}: parameters did not move", file=sys.stderr)
             sys.exit(1)
-    dist.barrier()  # no rank tears gloo down while the other still has collectives in flight
-    dist.destroy_process_group()
-    # Leave without running C++ static destructors: on a loaded machine gloo's background threads can still be
-    # joinable at interpreter exit, and libstdc++ then aborts ("terminate called without an active exception")
-    # after all the work above has completed and been checked.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_cleanly()
 
 
 if __name__ == "__main__":

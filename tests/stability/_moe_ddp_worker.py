@@ -6,7 +6,6 @@ must equal the loss of the whole global batch computed on one process, and so mu
 
 from __future__ import annotations
 
-import os
 import sys
 
 import torch
@@ -14,6 +13,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from losslab.stability import load_balancing_loss
+from tests._dist_worker import exit_cleanly
 
 
 def fail(message: str) -> None:
@@ -49,13 +49,7 @@ def main() -> None:
     others = torch.softmax(reference_gate(inputs[1 - rank]), -1).detach()
     if torch.allclose(plain, load_balancing_loss(others, others.topk(2).indices)):
         fail("the two ranks' micro-batch losses coincide; the data does not test anything")
-    dist.barrier()  # no rank tears gloo down while the other still has collectives in flight
-    dist.destroy_process_group()
-    # leave without C++ static destructors: gloo's threads may still be joinable at exit and libstdc++ would
-    # abort ("terminate called without an active exception") after every check above has passed
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_cleanly()
 
 
 if __name__ == "__main__":

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from losslab import ConfigError, DataError
 from losslab.stability import load_balancing_loss, max_violation, router_z_loss
-from tests.conftest import REPO
+from tests.conftest import run_torchrun
 
 
 def switch_reference(probs, indices, mask=None):
@@ -186,20 +182,11 @@ def test_bad_settings_are_config_errors(call):
         call()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.distributed
 @pytest.mark.slow
 @pytest.mark.xdist_group("torchrun")
 def test_global_batch_counts_over_two_ranks():
-    env = dict(os.environ, PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{REPO}", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
-           str(REPO / "tests" / "stability" / "_moe_ddp_worker.py")]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    out = run_torchrun("-m", "tests.stability._moe_ddp_worker", timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
 
 
