@@ -132,3 +132,14 @@ def test_sensitivity_cli_reports_the_file_it_wrote(tmp_path, capsys):
     assert main(["stability", "sensitivity", csv, "--init-loss", "5", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     assert out.strip().splitlines()[-1] == f"wrote {png}" and png.read_text().lstrip().startswith("<")
+
+
+def test_cli_warnings_are_one_line_and_debug_keeps_the_source(tmp_path):
+    csv = _write(tmp_path / "runs.csv", "lr,final_loss\n0.01,6.0\n0.1,nan\n")  # nothing beat the initial loss
+    out = run_cli("stability", "sensitivity", csv, "--init-loss", "5")
+    assert out.returncode == 0
+    assert out.stderr.strip().splitlines() == [
+        "losslab: warning: no run in the LR grid improved on the initial loss; LR sensitivity is 0 but meaningless "
+        "(train longer or widen the LR grid)"]
+    debug = run_cli("--debug", "stability", "sensitivity", csv, "--init-loss", "5")
+    assert debug.returncode == 0 and "RuntimeWarning" in debug.stderr and ".py:" in debug.stderr
