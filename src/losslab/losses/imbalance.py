@@ -113,15 +113,16 @@ def ldam(input: Tensor, target: Tensor, *, class_counts: Any, max_m: float = 0.5
         ``losses.py`` ``LDAMLoss`` and the DRW weights in ``cifar_train.py``.
 
     Notes:
-        As in the authors' ``LDAMLoss``, the margin is subtracted before the logits are scaled by s, so the
-        margin in softmax units is s·m_y (the paper's equation has no s: Δ_j = C/n_j^{1/4} with C tuned; the code
-        sets C so that the largest margin is ``max_m``). The code is followed. The defaults s = 30 and
+        The margins are the paper's Δ_j = C/n_j^{1/4}, with C set as in the authors' code so that the largest
+        is ``max_m``. The scale s and its place follow the authors' ``LDAMLoss``: the margin is subtracted
+        before the logits are scaled by s, so it is s·m_y in softmax units (the paper's full text was not
+        checked on this point; the code is followed and tested). The defaults s = 30 and
         max_m = 0.5 are the authors' CIFAR settings, chosen for cosine logits from their ``NormedLinear`` head;
         with an ordinary linear head pass ``s=1`` (or normalise the head). Deferred re-weighting (DRW):
         the authors train with ``weight=None`` (their β = 0 gives all-ones weights) and switch to
         ``class_balanced_weights(class_counts, beta=0.9999)`` at epoch 160 of 200. Class weights and
-        ``reduction="mean"`` follow ``F.cross_entropy`` (weighted mean), exactly as the authors' code does.
-        ``pytorch_optimizer.LDAMLoss`` has the same formula without ``reduction`` or ``ignore_index``.
+        ``reduction="mean"`` follow ``F.cross_entropy`` (weighted mean), exactly as the authors' code does
+        (which has no ``reduction`` or ``ignore_index``; neither has ``pytorch_optimizer.LDAMLoss``).
     """
     name = "ldam"
     mm = check_number("max_m", max_m, name, low=0.0)
@@ -178,8 +179,8 @@ def logit_adjusted_cross_entropy(input: Tensor, target: Tensor, *, class_counts:
     Notes:
         The authors' code adds ``log(π**τ + 1e-12)``, a guard against classes with prior 0. Here counts must be
         positive, so the guard is not needed and the paper's τ·log π is used exactly (computed as
-        τ·(log n_j - log Σn) in float64); the two differ by at most 1e-12/π_j^τ in each logit, e.g. below 1e-6
-        for priors above 1e-6 at τ = 1. Negative τ is rejected: it would enlarge the bias toward frequent classes.
+        τ·(log n_j - log Σn) in float64); the two differ by at most 1e-12/π_j^τ in each logit, so by at most
+        1e-6 for priors of at least 1e-6 at τ = 1. Negative τ is rejected: it would enlarge the bias toward frequent classes.
         The post-hoc variant (subtract τ·log π from a trained model's logits at test time) needs no loss.
     """
     name = "logit_adjusted_cross_entropy"
@@ -264,8 +265,9 @@ def class_balanced_weights(class_counts: Any, beta: float = 0.9999, *, dtype: to
 
     Example:
         >>> import losslab.losses as L
-        >>> L.class_balanced_weights([1, 2], beta=0.5).tolist()   # 1/E = (1, 2/3), scaled to sum to 2
-        [1.2000000476837158, 0.800000011920929]
+        >>> w = L.class_balanced_weights([1, 2], beta=0.5)   # 1/E = (1, 2/3), scaled to sum to 2
+        >>> [round(v, 4) for v in w.tolist()]
+        [1.2, 0.8]
 
     References:
         Cui, Jia, Lin, Song, Belongie, "Class-Balanced Loss Based on Effective Number of Samples",
