@@ -128,6 +128,10 @@ SPECS: dict[str, Spec] = {
     "sface": Spec(make=_sface, grad_args=(0, 1), logit_arg=None, class_target_arg=2, half_tol=0.5),
     "decoupled_softmax": Spec(make=_dec, class_target_arg=None, plain_mean=False),
     "ensloss": Spec(make=_ens, class_target_arg=None, stochastic=True, half_tol=0.1),
+    # imbalance: long-tailed class counts for the C = 5 classes (an integer tensor, so dtype casts leave it alone)
+    "ldam": _cls_spec(class_counts=torch.tensor([500, 120, 40, 9, 2]), max_m=0.5, s=4.0),
+    "logit_adjusted_cross_entropy": _cls_spec(class_counts=torch.tensor([500, 120, 40, 9, 2]), tau=1.5),
+    "balanced_softmax": _cls_spec(class_counts=[500, 120, 40, 9, 2]),
 }
 
 

@@ -19,19 +19,28 @@ from typing import Any
 
 from losslab.losses._catalogue import LossInfo, registry
 from losslab.losses.classification import cross_entropy, focal, sigmoid_focal, softcap, squentropy
+from losslab.losses.imbalance import (
+    balanced_softmax,
+    class_balanced_weights,
+    ldam,
+    logit_adjusted_cross_entropy,
+)
 from losslab.losses.llm import linear_cross_entropy, ntl_mse, ntl_wasserstein
 from losslab.losses.metric import decoupled_softmax, oko, sface
 from losslab.losses.modules import (
     AdversarialCompSumLoss,
     ALDRKLLoss,
+    BalancedSoftmaxLoss,
     CompSumLoss,
     CrossEntropyLoss,
     DecoupledSoftmaxLoss,
     EnsLoss,
     FocalLoss,
     GeneralizedCrossEntropyLoss,
+    LDAMLoss,
     LDRKLLoss,
     LinearCrossEntropyLoss,
+    LogitAdjustedCrossEntropyLoss,
     NTLMSELoss,
     NTLWassersteinLoss,
     OKOLoss,
@@ -60,14 +69,17 @@ from losslab.losses.stochastic import ensloss
 __all__ = [
     "ALDRKLLoss",
     "AdversarialCompSumLoss",
+    "BalancedSoftmaxLoss",
     "CompSumLoss",
     "CrossEntropyLoss",
     "DecoupledSoftmaxLoss",
     "EnsLoss",
     "FocalLoss",
     "GeneralizedCrossEntropyLoss",
+    "LDAMLoss",
     "LDRKLLoss",
     "LinearCrossEntropyLoss",
+    "LogitAdjustedCrossEntropyLoss",
     "LossInfo",
     "NTLMSELoss",
     "NTLWassersteinLoss",
@@ -83,6 +95,8 @@ __all__ = [
     "StableMaxCrossEntropyLoss",
     "adversarial_comp_sum",
     "aldr_kl",
+    "balanced_softmax",
+    "class_balanced_weights",
     "comp_sum",
     "cross_entropy",
     "decoupled_softmax",
@@ -91,8 +105,10 @@ __all__ = [
     "generalized_cross_entropy",
     "get",
     "info",
+    "ldam",
     "ldr_kl",
     "linear_cross_entropy",
+    "logit_adjusted_cross_entropy",
     "names",
     "ntl_mse",
     "ntl_wasserstein",

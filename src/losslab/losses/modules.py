@@ -20,14 +20,17 @@ from losslab.losses._catalogue import registry
 __all__ = [
     "ALDRKLLoss",
     "AdversarialCompSumLoss",
+    "BalancedSoftmaxLoss",
     "CompSumLoss",
     "CrossEntropyLoss",
     "DecoupledSoftmaxLoss",
     "EnsLoss",
     "FocalLoss",
     "GeneralizedCrossEntropyLoss",
+    "LDAMLoss",
     "LDRKLLoss",
     "LinearCrossEntropyLoss",
+    "LogitAdjustedCrossEntropyLoss",
     "NTLMSELoss",
     "NTLWassersteinLoss",
     "OKOLoss",
@@ -250,3 +253,18 @@ class DecoupledSoftmaxLoss(_LossModule):
 class EnsLoss(_LossModule):
     __doc__ = _make_doc("EnsLoss", "ensloss")
     loss_name = "ensloss"
+
+
+class LDAMLoss(_LossModule):
+    __doc__ = _make_doc("LDAMLoss", "ldam")
+    loss_name = "ldam"
+
+
+class LogitAdjustedCrossEntropyLoss(_LossModule):
+    __doc__ = _make_doc("LogitAdjustedCrossEntropyLoss", "logit_adjusted_cross_entropy")
+    loss_name = "logit_adjusted_cross_entropy"
+
+
+class BalancedSoftmaxLoss(_LossModule):
+    __doc__ = _make_doc("BalancedSoftmaxLoss", "balanced_softmax")
+    loss_name = "balanced_softmax"
