@@ -20,14 +20,19 @@ from losslab.losses._catalogue import registry
 __all__ = [
     "ALDRKLLoss",
     "AdversarialCompSumLoss",
+    "AlphaDivergenceLoss",
+    "BinaryKLNormLoss",
     "CompSumLoss",
     "CrossEntropyLoss",
+    "DKDLoss",
     "DecoupledSoftmaxLoss",
     "EnsLoss",
     "FocalLoss",
     "GeneralizedCrossEntropyLoss",
+    "KDLoss",
     "LDRKLLoss",
     "LinearCrossEntropyLoss",
+    "NKDLoss",
     "NTLMSELoss",
     "NTLWassersteinLoss",
     "OKOLoss",
@@ -250,3 +255,29 @@ class DecoupledSoftmaxLoss(_LossModule):
 class EnsLoss(_LossModule):
     __doc__ = _make_doc("EnsLoss", "ensloss")
     loss_name = "ensloss"
+
+
+
+class KDLoss(_LossModule):
+    __doc__ = _make_doc("KDLoss", "kd")
+    loss_name = "kd"
+
+
+class DKDLoss(_LossModule):
+    __doc__ = _make_doc("DKDLoss", "dkd")
+    loss_name = "dkd"
+
+
+class NKDLoss(_LossModule):
+    __doc__ = _make_doc("NKDLoss", "nkd")
+    loss_name = "nkd"
+
+
+class BinaryKLNormLoss(_LossModule):
+    __doc__ = _make_doc("BinaryKLNormLoss", "binary_kl_norm")
+    loss_name = "binary_kl_norm"
+
+
+class AlphaDivergenceLoss(_LossModule):
+    __doc__ = _make_doc("AlphaDivergenceLoss", "alpha_divergence")
+    loss_name = "alpha_divergence"
