@@ -463,7 +463,7 @@ def test_bad_teacher_is_a_data_error(name):
         _call(name, s, t[:, :4], y)
     with pytest.raises(DataError, match="teacher must be a floating tensor"):
         _call(name, s, t.long(), y)
-    with pytest.raises(DataError, match="teacher must be a torch.Tensor"):
+    with pytest.raises(DataError, match=r"teacher must be a torch\.Tensor"):
         _call(name, s, t.tolist(), y)
 
 

@@ -105,6 +105,10 @@ def kd(input: Tensor, teacher: Tensor, *, temperature: float = 4.0, reduction: s
     Returns:
         The loss (scalar unless ``reduction="none"``); float32 for half-precision input.
 
+    Raises:
+        DataError: non-tensor, integer or non-finite logits, a teacher of another shape.
+        ConfigError: T ≤ 0 or not a number, bad reduction.
+
     Example:
         >>> import math, torch, losslab.losses as L
         >>> s, t = torch.zeros(1, 2), torch.tensor([[0.0, math.log(3.0)]])   # p^t = (1/4, 3/4), p^s = (1/2, 1/2)
@@ -229,6 +233,10 @@ def nkd(input: Tensor, teacher: Tensor, target: Tensor, *, gamma: float = 1.5, t
     Returns:
         The loss (scalar unless ``reduction="none"``); float32 for half-precision input.
 
+    Raises:
+        DataError: bad logits, teacher of another shape, bad class indices, fewer than 2 classes.
+        ConfigError: γ < 0, λ ≤ 0, bad reduction.
+
     Example:
         >>> import math, torch, losslab.losses as L
         >>> s, t, y = torch.zeros(1, 3), torch.tensor([[math.log(2.0), 0.0, 0.0]]), torch.tensor([0])
@@ -280,6 +288,10 @@ def binary_kl_norm(input: Tensor, teacher: Tensor, *, temperature: float = 2.0, 
 
     Returns:
         The loss (scalar unless ``reduction="none"``); float32 for half-precision input.
+
+    Raises:
+        DataError: non-tensor, integer or non-finite logits, a teacher of another shape.
+        ConfigError: T ≤ 0 or not a number, bad reduction.
 
     Example:
         >>> import torch, losslab.losses as L
