@@ -104,6 +104,17 @@ def _ens(dtype, gen):
     return [x, y], {}
 
 
+def _distill(dtype, gen, target=False, **kw):
+    s = torch.randn(N, C, generator=gen, dtype=torch.float64) * 2
+    t = 0.5 * s + torch.randn(N, C, generator=gen, dtype=torch.float64)  # a teacher that roughly agrees
+    args = [s.to(dtype), t.to(dtype)] + ([_cls(gen)] if target else [])
+    return args, dict(kw)
+
+
+def _distill_spec(target=False, **kw: Any) -> Spec:
+    return Spec(make=lambda dtype, gen: _distill(dtype, gen, target, **kw), class_target_arg=2 if target else None)
+
+
 SPECS: dict[str, Spec] = {
     "cross_entropy": _cls_spec(z_loss=1e-3, label_smoothing=0.1, logit_softcap=30.0),
     "focal": _cls_spec(gamma=2.0),
@@ -132,6 +143,12 @@ SPECS: dict[str, Spec] = {
     "ldam": _cls_spec(class_counts=torch.tensor([500, 120, 40, 9, 2]), max_m=0.5, s=4.0),
     "logit_adjusted_cross_entropy": _cls_spec(class_counts=torch.tensor([500, 120, 40, 9, 2]), tau=1.5),
     "balanced_softmax": _cls_spec(class_counts=[500, 120, 40, 9, 2]),
+    "kd": _distill_spec(temperature=2.0),
+    "dkd": _distill_spec(target=True, alpha=1.0, beta=2.0, temperature=2.0),
+    "nkd": _distill_spec(target=True, gamma=1.5, temperature=2.0),
+    "binary_kl_norm": _distill_spec(temperature=2.0),
+    # iw_clip large enough that no importance weight is clipped: the surrogate gradient is then the divergence's
+    "alpha_divergence": _distill_spec(iw_clip=1e6),
 }
 
 

@@ -20,17 +20,22 @@ from losslab.losses._catalogue import registry
 __all__ = [
     "ALDRKLLoss",
     "AdversarialCompSumLoss",
+    "AlphaDivergenceLoss",
     "BalancedSoftmaxLoss",
+    "BinaryKLNormLoss",
     "CompSumLoss",
     "CrossEntropyLoss",
+    "DKDLoss",
     "DecoupledSoftmaxLoss",
     "EnsLoss",
     "FocalLoss",
     "GeneralizedCrossEntropyLoss",
+    "KDLoss",
     "LDAMLoss",
     "LDRKLLoss",
     "LinearCrossEntropyLoss",
     "LogitAdjustedCrossEntropyLoss",
+    "NKDLoss",
     "NTLMSELoss",
     "NTLWassersteinLoss",
     "OKOLoss",
@@ -268,3 +273,28 @@ class LogitAdjustedCrossEntropyLoss(_LossModule):
 class BalancedSoftmaxLoss(_LossModule):
     __doc__ = _make_doc("BalancedSoftmaxLoss", "balanced_softmax")
     loss_name = "balanced_softmax"
+
+
+class KDLoss(_LossModule):
+    __doc__ = _make_doc("KDLoss", "kd")
+    loss_name = "kd"
+
+
+class DKDLoss(_LossModule):
+    __doc__ = _make_doc("DKDLoss", "dkd")
+    loss_name = "dkd"
+
+
+class NKDLoss(_LossModule):
+    __doc__ = _make_doc("NKDLoss", "nkd")
+    loss_name = "nkd"
+
+
+class BinaryKLNormLoss(_LossModule):
+    __doc__ = _make_doc("BinaryKLNormLoss", "binary_kl_norm")
+    loss_name = "binary_kl_norm"
+
+
+class AlphaDivergenceLoss(_LossModule):
+    __doc__ = _make_doc("AlphaDivergenceLoss", "alpha_divergence")
+    loss_name = "alpha_divergence"
