@@ -104,6 +104,21 @@ def _ens(dtype, gen):
     return [x, y], {}
 
 
+def _slates(**kw: Any) -> Callable[[torch.dtype, torch.Generator], Args]:
+    """Ranking losses: scores (B, n), graded labels (B, n) and a padding mask; every slate has a relevant pair."""
+
+    def make(dtype, gen):
+        x = (torch.randn(4, 6, generator=gen, dtype=torch.float64) * 2).to(dtype)
+        y = torch.randint(0, 4, (4, 6), generator=gen).to(torch.float64)
+        y[:, 1], y[:, 2] = 3.0, 0.0
+        mask = torch.rand(4, 6, generator=gen) > 0.3
+        mask[:, 1:3] = True
+        mask[2, 0] = False  # padding at the front of a slate too
+        return [x, y, mask], dict(kw)
+
+    return make
+
+
 SPECS: dict[str, Spec] = {
     "cross_entropy": _cls_spec(z_loss=1e-3, label_smoothing=0.1, logit_softcap=30.0),
     "focal": _cls_spec(gamma=2.0),
@@ -128,6 +143,12 @@ SPECS: dict[str, Spec] = {
     "sface": Spec(make=_sface, grad_args=(0, 1), logit_arg=None, class_target_arg=2, half_tol=0.5),
     "decoupled_softmax": Spec(make=_dec, class_target_arg=None, plain_mean=False),
     "ensloss": Spec(make=_ens, class_target_arg=None, stochastic=True, half_tol=0.1),
+    # ranking (sinkhorn_tol=0: a fixed number of Sinkhorn rounds, so gradcheck's finite differences are smooth)
+    "neural_ndcg": Spec(make=_slates(temperature=0.7, k=4, sinkhorn_tol=0.0), class_target_arg=None),
+    "approx_ndcg": Spec(make=_slates(alpha=2.0), class_target_arg=None),
+    "listnet": Spec(make=_slates(), class_target_arg=None),
+    "listmle": Spec(make=_slates(), class_target_arg=None),
+    "ranknet": Spec(make=_slates(), class_target_arg=None, plain_mean=False),
 }
 
 

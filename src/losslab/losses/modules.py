@@ -20,6 +20,7 @@ from losslab.losses._catalogue import registry
 __all__ = [
     "ALDRKLLoss",
     "AdversarialCompSumLoss",
+    "ApproxNDCGLoss",
     "CompSumLoss",
     "CrossEntropyLoss",
     "DecoupledSoftmaxLoss",
@@ -28,12 +29,16 @@ __all__ = [
     "GeneralizedCrossEntropyLoss",
     "LDRKLLoss",
     "LinearCrossEntropyLoss",
+    "ListMLELoss",
+    "ListNetLoss",
     "NTLMSELoss",
     "NTLWassersteinLoss",
+    "NeuralNDCGLoss",
     "OKOLoss",
     "Poly1CrossEntropyLoss",
     "Poly1FocalLoss",
     "PolyCrossEntropyLoss",
+    "RankNetLoss",
     "SFaceLoss",
     "SigmoidFocalLoss",
     "SoftmaxMAELoss",
@@ -250,3 +255,29 @@ class DecoupledSoftmaxLoss(_LossModule):
 class EnsLoss(_LossModule):
     __doc__ = _make_doc("EnsLoss", "ensloss")
     loss_name = "ensloss"
+
+
+# ranking (losses/ranking.py): forward(scores, labels, mask=None)
+class NeuralNDCGLoss(_LossModule):
+    __doc__ = _make_doc("NeuralNDCGLoss", "neural_ndcg")
+    loss_name = "neural_ndcg"
+
+
+class ApproxNDCGLoss(_LossModule):
+    __doc__ = _make_doc("ApproxNDCGLoss", "approx_ndcg")
+    loss_name = "approx_ndcg"
+
+
+class ListNetLoss(_LossModule):
+    __doc__ = _make_doc("ListNetLoss", "listnet")
+    loss_name = "listnet"
+
+
+class ListMLELoss(_LossModule):
+    __doc__ = _make_doc("ListMLELoss", "listmle")
+    loss_name = "listmle"
+
+
+class RankNetLoss(_LossModule):
+    __doc__ = _make_doc("RankNetLoss", "ranknet")
+    loss_name = "ranknet"
