@@ -23,7 +23,7 @@ def prepare_slates(input: object, target: object, mask: object, loss: str,
     Labels at padded positions are replaced by 0 (they never enter a loss); the input is never modified.
     """
     check_reduction(reduction, loss)
-    x = check_float("input", input, loss, min_dim=2)
+    x = check_float("input", input, loss)
     if x.dim() != 2:
         raise DataError(f"{loss}: input must hold scores of shape (batch, slate), got {tuple(x.shape)}; "
                         f"for a single slate use input.unsqueeze(0)")
