@@ -316,7 +316,7 @@ def test_bad_slates_are_data_errors(name):
         fn(s, y[:, :-1])
     with pytest.raises(DataError, match="batch, slate"):
         fn(s[0], y[0])
-    with pytest.raises(DataError, match="torch.bool"):
+    with pytest.raises(DataError, match=r"torch\.bool"):
         fn(s, y, torch.ones_like(s))
     with pytest.raises(DataError, match="NaN"):
         fn(s, torch.where(y > 2, float("nan"), y))
