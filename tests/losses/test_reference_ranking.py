@@ -333,3 +333,20 @@ def test_bad_options_are_config_errors():
             L.neural_ndcg(s, y, **bad)
     with pytest.raises(ConfigError, match="alpha"):
         L.approx_ndcg(s, y, alpha=-1.0)
+
+
+def test_neural_ndcg_default_sinkhorn_stop_is_close_to_all_rounds_and_works_in_half_precision():
+    g = torch.Generator().manual_seed(16)
+    s = torch.randn(4, 7, generator=g, dtype=D)
+    y = torch.randint(0, 4, (4, 7), generator=g).to(D)
+    y[:, 0] = 2.0
+    full = L.neural_ndcg(s, y, sinkhorn_tol=0.0, reduction="none")
+    torch.testing.assert_close(L.neural_ndcg(s, y, reduction="none"), full, rtol=0, atol=1e-5)
+    # a slate's value does not depend on the other slates of the batch (the stop is per slate)
+    alone = torch.stack([L.neural_ndcg(s[b:b + 1], y[b:b + 1]) for b in range(4)])
+    torch.testing.assert_close(L.neural_ndcg(s, y, reduction="none"), alone, rtol=0, atol=1e-15)
+    for dtype in (torch.float32, torch.bfloat16):
+        out = L.neural_ndcg(s.to(dtype), y, reduction="none")
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out.double(), L.neural_ndcg(s.to(dtype).double(), y, reduction="none"),
+                                   rtol=0, atol=1e-4)

@@ -50,7 +50,7 @@ def prepare_slates(input: object, target: object, mask: object, loss: str,
             f"{loss}: target holds negative relevance labels at real items; labels must be ≥ 0. If they mark "
             f"padding (allRank pads with -1), pass mask=target != -1 instead"
         )
-    return x.to(dtype), torch.where(valid, y, torch.zeros((), dtype=dtype, device=y.device)), valid
+    return x.to(dtype), torch.where(valid, y, 0.0), valid
 
 
 def check_k(k: object, loss: str) -> int | None:
@@ -95,17 +95,15 @@ def neural_sort(s: Tensor, valid: Tensor, tau: float) -> Tensor:
     m = valid.sum(1, keepdim=True)  # (B, 1)
     s = torch.where(valid, s, torch.zeros_like(s))
     both = valid.unsqueeze(2) & valid.unsqueeze(1)
-    a1 = torch.where(both, (s.unsqueeze(2) - s.unsqueeze(1)).abs(), torch.zeros((), dtype=s.dtype)).sum(2)
+    a1 = torch.where(both, (s.unsqueeze(2) - s.unsqueeze(1)).abs(), 0.0).sum(2)
     rank = torch.arange(1, n + 1, device=s.device)
     row_valid = rank.unsqueeze(0) <= m  # (B, n)
     c = (m + 1 - 2 * rank.unsqueeze(0)).to(s.dtype)  # (B, n)
     logits = (c.unsqueeze(2) * s.unsqueeze(1) - a1.unsqueeze(1)) / tau
     # every row fed to softmax keeps a finite entry (rows past m are all zeros), so no NaN reaches the backward
-    neg_inf = torch.full((), float("-inf"), dtype=s.dtype, device=s.device)
-    logits = torch.where(row_valid.unsqueeze(2), torch.where(valid.unsqueeze(1), logits, neg_inf),
-                         torch.zeros((), dtype=s.dtype, device=s.device))
+    logits = torch.where(row_valid.unsqueeze(2), torch.where(valid.unsqueeze(1), logits, float("-inf")), 0.0)
     p = torch.softmax(logits, dim=2)
-    return torch.where(row_valid.unsqueeze(2) & valid.unsqueeze(1), p, torch.zeros((), dtype=s.dtype))
+    return torch.where(row_valid.unsqueeze(2) & valid.unsqueeze(1), p, 0.0)
 
 
 def sinkhorn(p: Tensor, valid: Tensor, max_iter: int, tol: float) -> Tensor:
@@ -122,9 +120,7 @@ def sinkhorn(p: Tensor, valid: Tensor, max_iter: int, tol: float) -> Tensor:
     row_valid = torch.arange(1, n + 1, device=p.device).unsqueeze(0) <= m
     real = row_valid.unsqueeze(2) & valid.unsqueeze(1)
     pad = ~row_valid.unsqueeze(2) & ~valid.unsqueeze(1)
-    one = torch.ones((), dtype=p.dtype, device=p.device)
-    zero = torch.zeros((), dtype=p.dtype, device=p.device)
-    mat = torch.where(real, p, torch.where(pad, one, zero))
+    mat = torch.where(real, p, torch.where(pad, 1.0, 0.0).to(p.dtype))
     done = torch.zeros(p.shape[0], dtype=torch.bool, device=p.device)
     for _ in range(max_iter):
         new = mat / mat.sum(1, keepdim=True).clamp_min(1e-10)
@@ -135,4 +131,4 @@ def sinkhorn(p: Tensor, valid: Tensor, max_iter: int, tol: float) -> Tensor:
             done = done | (err < tol)
             if bool(done.all()):
                 break
-    return torch.where(real, mat, zero)
+    return torch.where(real, mat, 0.0)

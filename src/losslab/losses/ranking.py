@@ -184,7 +184,7 @@ def approx_ndcg(input: Tensor, target: Tensor, mask: Tensor | None = None, *, al
     n = x.shape[1]
     pair = valid.unsqueeze(1) & valid.unsqueeze(2) & ~torch.eye(n, dtype=torch.bool, device=x.device)
     sig = torch.sigmoid(a * (x.unsqueeze(1) - x.unsqueeze(2)))  # [b, j, k] = σ(α (s_k - s_j))
-    pos = 1 + torch.where(pair, sig, torch.zeros((), dtype=x.dtype)).sum(2)
+    pos = 1 + torch.where(pair, sig, 0.0).sum(2)
     g = gains(y, True)
     dcg = (g / torch.log2(1 + pos)).sum(1)
     idcg = ideal_dcg(g, discounts(n, None, x.dtype, x.device))
@@ -232,7 +232,7 @@ def listnet(input: Tensor, target: Tensor, mask: Tensor | None = None, *, reduct
     name = "listnet"
     x, y, valid = prepare_slates(input, target, mask, name, reduction)
     has = valid.any(1)
-    logp = torch.log_softmax(torch.where(valid, x, torch.full((), _fill(x.dtype), dtype=x.dtype)), dim=1)
+    logp = torch.log_softmax(torch.where(valid, x, _fill(x.dtype)), dim=1)
     label_fill = torch.where(has, float("-inf"), 0.0).to(x.dtype).unsqueeze(1)
     q = torch.softmax(torch.where(valid, y, label_fill), dim=1)
     loss = -(q * logp).sum(1)
@@ -285,12 +285,12 @@ def listmle(input: Tensor, target: Tensor, mask: Tensor | None = None, *, genera
     else:
         keys = torch.rand(b, n, generator=generator, device=generator.device).to(x.device)
         idx = keys.argsort(dim=1)
-    lab = torch.where(valid, y, torch.full((), -1.0, dtype=y.dtype)).gather(1, idx)  # padding sorts last
+    lab = torch.where(valid, y, -1.0).gather(1, idx)  # padding sorts last
     order = idx.gather(1, lab.sort(dim=1, descending=True, stable=True).indices)
     v = valid.gather(1, order)
-    s = torch.where(v, x.gather(1, order), torch.full((), _fill(x.dtype), dtype=x.dtype))
+    s = torch.where(v, x.gather(1, order), _fill(x.dtype))
     tail = torch.logcumsumexp(s.flip(1), dim=1).flip(1)  # log Σ_{j ≥ i} exp(s_j)
-    loss = torch.where(v, tail - s, torch.zeros((), dtype=x.dtype)).sum(1)
+    loss = torch.where(v, tail - s, 0.0).sum(1)
     return reduce_loss(loss, reduction, mask=valid.any(1), empty="zero")
 
 
@@ -338,6 +338,6 @@ def ranknet(input: Tensor, target: Tensor, mask: Tensor | None = None, *, reduct
     x, y, valid = prepare_slates(input, target, mask, name, reduction)
     pair = valid.unsqueeze(2) & valid.unsqueeze(1) & (y.unsqueeze(2) > y.unsqueeze(1))
     per_pair = F.softplus(-(x.unsqueeze(2) - x.unsqueeze(1)))
-    loss = torch.where(pair, per_pair, torch.zeros((), dtype=x.dtype)).sum((1, 2))
+    loss = torch.where(pair, per_pair, 0.0).sum((1, 2))
     count = pair.sum((1, 2)).to(x.dtype)
     return reduce_loss(loss, reduction, weight=count, mask=count > 0, prescaled=True, empty="zero")
