@@ -113,6 +113,19 @@ def _distill(dtype, gen, target=False, **kw):
 
 def _distill_spec(target=False, **kw: Any) -> Spec:
     return Spec(make=lambda dtype, gen: _distill(dtype, gen, target, **kw), class_target_arg=2 if target else None)
+def _slates(**kw: Any) -> Callable[[torch.dtype, torch.Generator], Args]:
+    """Ranking losses: scores (B, n), graded labels (B, n) and a padding mask; every slate has a relevant pair."""
+
+    def make(dtype, gen):
+        x = (torch.randn(4, 6, generator=gen, dtype=torch.float64) * 2).to(dtype)
+        y = torch.randint(0, 4, (4, 6), generator=gen).to(torch.float64)
+        y[:, 1], y[:, 2] = 3.0, 0.0
+        mask = torch.rand(4, 6, generator=gen) > 0.3
+        mask[:, 1:3] = True
+        mask[2, 0] = False  # padding at the front of a slate too
+        return [x, y, mask], dict(kw)
+
+    return make
 
 
 SPECS: dict[str, Spec] = {
@@ -149,6 +162,12 @@ SPECS: dict[str, Spec] = {
     "binary_kl_norm": _distill_spec(temperature=2.0),
     # iw_clip large enough that no importance weight is clipped: the surrogate gradient is then the divergence's
     "alpha_divergence": _distill_spec(iw_clip=1e6),
+    # ranking (sinkhorn_tol=0: a fixed number of Sinkhorn rounds, so gradcheck's finite differences are smooth)
+    "neural_ndcg": Spec(make=_slates(temperature=0.7, k=4, sinkhorn_tol=0.0), class_target_arg=None),
+    "approx_ndcg": Spec(make=_slates(alpha=2.0), class_target_arg=None),
+    "listnet": Spec(make=_slates(), class_target_arg=None),
+    "listmle": Spec(make=_slates(), class_target_arg=None),
+    "ranknet": Spec(make=_slates(), class_target_arg=None, plain_mean=False),
 }
 
 

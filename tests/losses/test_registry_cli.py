@@ -30,7 +30,7 @@ def test_cli_lists_every_loss():
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert [r["name"] for r in rows] == L.names()
-    assert all("arXiv:" in r["reference"] for r in rows)
+    assert all("arXiv:" in r["reference"] or "doi:" in r["reference"] for r in rows)
 
 
 def test_user_guide_lists_every_loss():

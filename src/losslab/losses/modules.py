@@ -21,6 +21,7 @@ __all__ = [
     "ALDRKLLoss",
     "AdversarialCompSumLoss",
     "AlphaDivergenceLoss",
+    "ApproxNDCGLoss",
     "BalancedSoftmaxLoss",
     "BinaryKLNormLoss",
     "CompSumLoss",
@@ -34,14 +35,18 @@ __all__ = [
     "LDAMLoss",
     "LDRKLLoss",
     "LinearCrossEntropyLoss",
+    "ListMLELoss",
+    "ListNetLoss",
     "LogitAdjustedCrossEntropyLoss",
     "NKDLoss",
     "NTLMSELoss",
     "NTLWassersteinLoss",
+    "NeuralNDCGLoss",
     "OKOLoss",
     "Poly1CrossEntropyLoss",
     "Poly1FocalLoss",
     "PolyCrossEntropyLoss",
+    "RankNetLoss",
     "SFaceLoss",
     "SigmoidFocalLoss",
     "SoftmaxMAELoss",
@@ -298,3 +303,27 @@ class BinaryKLNormLoss(_LossModule):
 class AlphaDivergenceLoss(_LossModule):
     __doc__ = _make_doc("AlphaDivergenceLoss", "alpha_divergence")
     loss_name = "alpha_divergence"
+# ranking (losses/ranking.py): forward(scores, labels, mask=None)
+class NeuralNDCGLoss(_LossModule):
+    __doc__ = _make_doc("NeuralNDCGLoss", "neural_ndcg")
+    loss_name = "neural_ndcg"
+
+
+class ApproxNDCGLoss(_LossModule):
+    __doc__ = _make_doc("ApproxNDCGLoss", "approx_ndcg")
+    loss_name = "approx_ndcg"
+
+
+class ListNetLoss(_LossModule):
+    __doc__ = _make_doc("ListNetLoss", "listnet")
+    loss_name = "listnet"
+
+
+class ListMLELoss(_LossModule):
+    __doc__ = _make_doc("ListMLELoss", "listmle")
+    loss_name = "listmle"
+
+
+class RankNetLoss(_LossModule):
+    __doc__ = _make_doc("RankNetLoss", "ranknet")
+    loss_name = "ranknet"

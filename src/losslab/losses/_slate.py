@@ -1,0 +1,134 @@
+"""Shared pieces of the ranking losses: slate validation, DCG discounts, NeuralSort and Sinkhorn scaling.
+
+A batch of slates is ``input`` (B, n) scores, ``target`` (B, n) graded relevance labels (≥ 0) and an optional
+boolean ``mask`` (B, n), True at real items and False at padding. Padding may sit anywhere in a slate.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor
+
+from losslab._errors import ConfigError, DataError
+from losslab.losses._validate import check_finite, check_float, check_number, check_reduction, compute_dtype
+
+
+def prepare_slates(input: object, target: object, mask: object, loss: str,
+                   reduction: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Validate a batch of slates; return scores and labels in the compute dtype and the boolean mask.
+
+    Labels at padded positions are replaced by 0 (they never enter a loss); the input is never modified.
+    """
+    check_reduction(reduction, loss)
+    x = check_float("input", input, loss)
+    if x.dim() != 2:
+        raise DataError(f"{loss}: input must hold scores of shape (batch, slate), got {tuple(x.shape)}; "
+                        f"for a single slate use input.unsqueeze(0)")
+    if not isinstance(target, Tensor) or target.is_complex():
+        raise DataError(f"{loss}: target must be a real torch.Tensor of relevance labels with shape "
+                        f"{tuple(x.shape)}, got {type(target).__name__ if not isinstance(target, Tensor) else target.dtype}")
+    if target.shape != x.shape:
+        raise DataError(f"{loss}: target must have the same shape as input {tuple(x.shape)} (one relevance label "
+                        f"per item), got {tuple(target.shape)}")
+    dtype = compute_dtype(x)
+    if target.dtype.is_floating_point:
+        check_finite("target", target, loss)
+    y = target.to(dtype)
+    if mask is None:
+        valid = torch.ones(x.shape, dtype=torch.bool, device=x.device)
+    else:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != x.shape:
+            got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+            raise DataError(f"{loss}: mask must be a torch.bool tensor of shape {tuple(x.shape)} (True at real "
+                            f"items, False at padding), got {got}")
+        valid = mask
+    if bool((valid & (y < 0)).any()):
+        raise DataError(
+            f"{loss}: target holds negative relevance labels at real items; labels must be ≥ 0. If they mark "
+            f"padding (allRank pads with -1), pass mask=target != -1 instead"
+        )
+    return x.to(dtype), torch.where(valid, y, 0.0), valid
+
+
+def check_k(k: object, loss: str) -> int | None:
+    """``k`` (truncation rank of NDCG@k) is None (the whole slate) or a positive integer."""
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or int(k) < 1:
+        raise ConfigError(f"{loss}: k must be a positive integer (NDCG@k) or None (the whole slate), got {k!r}")
+    return int(k)
+
+
+def check_temperature(value: object, loss: str) -> float:
+    return check_number("temperature", value, loss, low=0.0, low_open=True)
+
+
+def discounts(n: int, k: int | None, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """d_r = 1 / log2(r + 1) for ranks r = 1..n, set to 0 beyond rank k."""
+    r = torch.arange(1, n + 1, dtype=dtype, device=device)
+    d = 1.0 / torch.log2(r + 1.0)
+    if k is not None:
+        d = torch.where(r <= k, d, torch.zeros_like(d))
+    return d
+
+
+def gains(y: Tensor, powered: bool) -> Tensor:
+    """2^y - 1 (``powered``) or y; padded labels are 0 and so are their gains."""
+    return torch.expm1(y * math.log(2.0)) if powered else y
+
+
+def ideal_dcg(g: Tensor, d: Tensor) -> Tensor:
+    """DCG of the gains sorted in decreasing order (no gradient: the labels are constants)."""
+    return (g.sort(dim=1, descending=True).values * d).sum(1)
+
+
+def neural_sort(s: Tensor, valid: Tensor, tau: float) -> Tensor:
+    """Deterministic NeuralSort (Grover et al. 2019) of each slate's real items; (B, n rank rows, n items).
+
+    Row i (rank i = 1..m, m real items) is softmax_j(((m + 1 - 2i) s_j - Σ_k |s_j - s_k|) / τ) over real j;
+    rows i > m and padded columns are 0.
+    """
+    n = s.shape[1]
+    m = valid.sum(1, keepdim=True)  # (B, 1)
+    s = torch.where(valid, s, torch.zeros_like(s))
+    both = valid.unsqueeze(2) & valid.unsqueeze(1)
+    a1 = torch.where(both, (s.unsqueeze(2) - s.unsqueeze(1)).abs(), 0.0).sum(2)
+    rank = torch.arange(1, n + 1, device=s.device)
+    row_valid = rank.unsqueeze(0) <= m  # (B, n)
+    c = (m + 1 - 2 * rank.unsqueeze(0)).to(s.dtype)  # (B, n)
+    logits = (c.unsqueeze(2) * s.unsqueeze(1) - a1.unsqueeze(1)) / tau
+    # every row fed to softmax keeps a finite entry (rows past m are all zeros), so no NaN reaches the backward
+    logits = torch.where(row_valid.unsqueeze(2), torch.where(valid.unsqueeze(1), logits, float("-inf")), 0.0)
+    p = torch.softmax(logits, dim=2)
+    return torch.where(row_valid.unsqueeze(2) & valid.unsqueeze(1), p, 0.0)
+
+
+def sinkhorn(p: Tensor, valid: Tensor, max_iter: int, tol: float) -> Tensor:
+    """Sinkhorn scaling of the real block of each (rank × item) matrix towards a doubly stochastic one.
+
+    As in allRank's ``sinkhorn_scaling``: the padded-rank × padded-item block is filled with ones so that every
+    row and column has mass; columns are normalised, then rows (denominators floored at 1e-10), until every
+    row and column sum is within ``tol`` of 1 or ``max_iter`` rounds have run. A slate stops being updated once
+    it has converged (so a slate's value does not depend on the other slates of the batch); ``tol=0`` always
+    runs ``max_iter`` rounds and skips the convergence test (one host synchronisation per round on a GPU).
+    """
+    n = p.shape[1]
+    m = valid.sum(1, keepdim=True)
+    row_valid = torch.arange(1, n + 1, device=p.device).unsqueeze(0) <= m
+    real = row_valid.unsqueeze(2) & valid.unsqueeze(1)
+    pad = ~row_valid.unsqueeze(2) & ~valid.unsqueeze(1)
+    mat = torch.where(real, p, torch.where(pad, 1.0, 0.0).to(p.dtype))
+    done = torch.zeros(p.shape[0], dtype=torch.bool, device=p.device)
+    for _ in range(max_iter):
+        new = mat / mat.sum(1, keepdim=True).clamp_min(1e-10)
+        new = new / new.sum(2, keepdim=True).clamp_min(1e-10)
+        mat = torch.where(done[:, None, None], mat, new)
+        if tol > 0:
+            err = torch.maximum((mat.sum(2) - 1).abs().amax(1), (mat.sum(1) - 1).abs().amax(1))
+            done = done | (err < tol)
+            if bool(done.all()):
+                break
+    return torch.where(real, mat, 0.0)
