@@ -9,6 +9,7 @@ import pytest
 
 MODULES = ["losslab.losses", "losslab.losses.classification", "losslab.losses.poly", "losslab.losses.spherical",
            "losslab.losses.robust", "losslab.losses.llm", "losslab.losses.metric", "losslab.losses.stochastic",
+           "losslab.losses.regression", "losslab.losses.forecasting", "losslab.losses.histogram",
            "losslab.losses.modules"]
 
 

@@ -25,15 +25,31 @@ __all__ = [
     "DecoupledSoftmaxLoss",
     "EnsLoss",
     "FocalLoss",
+    "GMADLLoss",
     "GeneralizedCrossEntropyLoss",
+    "HLGaussLoss",
+    "HuberLoss",
     "LDRKLLoss",
     "LinearCrossEntropyLoss",
+    "LogCoshLoss",
+    "MADLLoss",
+    "MAELoss",
+    "MAPELoss",
+    "MSELoss",
+    "MSLELoss",
+    "MeanBiasErrorLoss",
+    "NRMSELoss",
     "NTLMSELoss",
     "NTLWassersteinLoss",
     "OKOLoss",
     "Poly1CrossEntropyLoss",
     "Poly1FocalLoss",
     "PolyCrossEntropyLoss",
+    "QuantileLoss",
+    "RMSLELoss",
+    "RRMSELoss",
+    "RelativeAbsoluteErrorLoss",
+    "RelativeSquaredErrorLoss",
     "SFaceLoss",
     "SigmoidFocalLoss",
     "SoftmaxMAELoss",
@@ -250,3 +266,84 @@ class DecoupledSoftmaxLoss(_LossModule):
 class EnsLoss(_LossModule):
     __doc__ = _make_doc("EnsLoss", "ensloss")
     loss_name = "ensloss"
+
+
+# regression family (regression.py, forecasting.py, histogram.py)
+class MAELoss(_LossModule):
+    __doc__ = _make_doc("MAELoss", "mae")
+    loss_name = "mae"
+
+
+class MSELoss(_LossModule):
+    __doc__ = _make_doc("MSELoss", "mse")
+    loss_name = "mse"
+
+
+class HuberLoss(_LossModule):
+    __doc__ = _make_doc("HuberLoss", "huber")
+    loss_name = "huber"
+
+
+class LogCoshLoss(_LossModule):
+    __doc__ = _make_doc("LogCoshLoss", "log_cosh")
+    loss_name = "log_cosh"
+
+
+class MSLELoss(_LossModule):
+    __doc__ = _make_doc("MSLELoss", "msle")
+    loss_name = "msle"
+
+
+class MAPELoss(_LossModule):
+    __doc__ = _make_doc("MAPELoss", "mape")
+    loss_name = "mape"
+
+
+class MeanBiasErrorLoss(_LossModule):
+    __doc__ = _make_doc("MeanBiasErrorLoss", "mean_bias_error")
+    loss_name = "mean_bias_error"
+
+
+class QuantileLoss(_LossModule):
+    __doc__ = _make_doc("QuantileLoss", "quantile")
+    loss_name = "quantile"
+
+
+class RMSLELoss(_LossModule):
+    __doc__ = _make_doc("RMSLELoss", "rmsle")
+    loss_name = "rmsle"
+
+
+class RelativeAbsoluteErrorLoss(_LossModule):
+    __doc__ = _make_doc("RelativeAbsoluteErrorLoss", "relative_absolute_error")
+    loss_name = "relative_absolute_error"
+
+
+class RelativeSquaredErrorLoss(_LossModule):
+    __doc__ = _make_doc("RelativeSquaredErrorLoss", "relative_squared_error")
+    loss_name = "relative_squared_error"
+
+
+class NRMSELoss(_LossModule):
+    __doc__ = _make_doc("NRMSELoss", "nrmse")
+    loss_name = "nrmse"
+
+
+class RRMSELoss(_LossModule):
+    __doc__ = _make_doc("RRMSELoss", "rrmse")
+    loss_name = "rrmse"
+
+
+class MADLLoss(_LossModule):
+    __doc__ = _make_doc("MADLLoss", "madl")
+    loss_name = "madl"
+
+
+class GMADLLoss(_LossModule):
+    __doc__ = _make_doc("GMADLLoss", "gmadl")
+    loss_name = "gmadl"
+
+
+class HLGaussLoss(_LossModule):
+    __doc__ = _make_doc("HLGaussLoss", "hl_gauss")
+    loss_name = "hl_gauss"
