@@ -126,6 +126,43 @@ def _slates(**kw: Any) -> Callable[[torch.dtype, torch.Generator], Args]:
         return [x, y, mask], dict(kw)
 
     return make
+# regression family: predictions and real targets of the same shape (series along the last dimension)
+def _reg(dtype, gen, positive=False, away_from_zero=False):
+    x = torch.randn(N, C, generator=gen, dtype=torch.float64)
+    y = torch.randn(N, C, generator=gen, dtype=torch.float64)
+    if positive:
+        x, y = x.abs() + 0.1, y.abs() + 0.1
+    if away_from_zero:
+        y = torch.sign(y) * (1 + y.abs())
+    return [x.to(dtype), y.to(dtype)]
+
+
+def _reg_spec(positive=False, away_from_zero=False, **kw: Any) -> Spec:
+    def make(dtype, gen):
+        return _reg(dtype, gen, positive, away_from_zero), dict(kw)
+
+    return Spec(make=make, class_target_arg=None)
+
+
+def _quantile(dtype, gen):
+    x = torch.randn(N, C, 3, generator=gen, dtype=torch.float64).to(dtype)
+    return [x, torch.randn(N, C, generator=gen, dtype=torch.float64).to(dtype)], {"quantiles": (0.1, 0.5, 0.9)}
+
+
+def _hl_gauss(dtype, gen):
+    x = (torch.randn(N, 8, generator=gen, dtype=torch.float64) * 2).to(dtype)
+    y = (torch.rand(N, generator=gen, dtype=torch.float64) * 5 - 2.5).to(dtype)  # a few outside [-2, 2]: clamped
+    return [x, y], {"min_value": -2.0, "max_value": 2.0}
+
+
+REGRESSION_SPECS: dict[str, Spec] = {
+    "mae": _reg_spec(), "mse": _reg_spec(), "huber": _reg_spec(delta=0.5), "log_cosh": _reg_spec(),
+    "msle": _reg_spec(positive=True), "rmsle": _reg_spec(positive=True), "mape": _reg_spec(away_from_zero=True),
+    "mean_bias_error": _reg_spec(), "quantile": Spec(make=_quantile, class_target_arg=None),
+    "relative_absolute_error": _reg_spec(), "relative_squared_error": _reg_spec(), "nrmse": _reg_spec(),
+    "rrmse": _reg_spec(), "madl": _reg_spec(), "gmadl": _reg_spec(a=2.0, b=1.5),
+    "hl_gauss": Spec(make=_hl_gauss, class_target_arg=None),
+}
 
 
 SPECS: dict[str, Spec] = {
@@ -168,6 +205,7 @@ SPECS: dict[str, Spec] = {
     "listnet": Spec(make=_slates(), class_target_arg=None),
     "listmle": Spec(make=_slates(), class_target_arg=None),
     "ranknet": Spec(make=_slates(), class_target_arg=None, plain_mean=False),
+    **REGRESSION_SPECS,
 }
 
 

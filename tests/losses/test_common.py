@@ -242,6 +242,7 @@ FLOAT_OPTION = {
     "ldr_kl": ("lam", 0.7), "aldr_kl": ("alpha", 2.0), "linear_cross_entropy": ("label_smoothing", 0.1),
     "sface": ("s", 8.0), "decoupled_softmax": ("temperature", 0.5), "ensloss": ("lam", 0.5),
     "neural_ndcg": ("temperature", 0.7), "approx_ndcg": ("alpha", 2.0),
+    "huber": ("delta", 0.5), "gmadl": ("a", 2.0), "hl_gauss": ("max_value", 2.0),
 }
 
 

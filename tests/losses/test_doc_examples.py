@@ -10,7 +10,8 @@ import pytest
 MODULES = ["losslab.losses", "losslab.losses.classification", "losslab.losses.poly", "losslab.losses.spherical",
            "losslab.losses.robust", "losslab.losses.llm", "losslab.losses.metric", "losslab.losses.stochastic",
            "losslab.losses.modules", "losslab.losses.imbalance", "losslab.losses.distillation",
-           "losslab.losses.ranking"]
+           "losslab.losses.ranking", "losslab.losses.regression", "losslab.losses.forecasting",
+           "losslab.losses.histogram"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -30,15 +30,26 @@ __all__ = [
     "DecoupledSoftmaxLoss",
     "EnsLoss",
     "FocalLoss",
+    "GMADLLoss",
     "GeneralizedCrossEntropyLoss",
+    "HLGaussLoss",
+    "HuberLoss",
     "KDLoss",
     "LDAMLoss",
     "LDRKLLoss",
     "LinearCrossEntropyLoss",
     "ListMLELoss",
     "ListNetLoss",
+    "LogCoshLoss",
     "LogitAdjustedCrossEntropyLoss",
+    "MADLLoss",
+    "MAELoss",
+    "MAPELoss",
+    "MSELoss",
+    "MSLELoss",
+    "MeanBiasErrorLoss",
     "NKDLoss",
+    "NRMSELoss",
     "NTLMSELoss",
     "NTLWassersteinLoss",
     "NeuralNDCGLoss",
@@ -46,7 +57,12 @@ __all__ = [
     "Poly1CrossEntropyLoss",
     "Poly1FocalLoss",
     "PolyCrossEntropyLoss",
+    "QuantileLoss",
+    "RMSLELoss",
+    "RRMSELoss",
     "RankNetLoss",
+    "RelativeAbsoluteErrorLoss",
+    "RelativeSquaredErrorLoss",
     "SFaceLoss",
     "SigmoidFocalLoss",
     "SoftmaxMAELoss",
@@ -327,3 +343,82 @@ class ListMLELoss(_LossModule):
 class RankNetLoss(_LossModule):
     __doc__ = _make_doc("RankNetLoss", "ranknet")
     loss_name = "ranknet"
+# regression family (regression.py, forecasting.py, histogram.py)
+class MAELoss(_LossModule):
+    __doc__ = _make_doc("MAELoss", "mae")
+    loss_name = "mae"
+
+
+class MSELoss(_LossModule):
+    __doc__ = _make_doc("MSELoss", "mse")
+    loss_name = "mse"
+
+
+class HuberLoss(_LossModule):
+    __doc__ = _make_doc("HuberLoss", "huber")
+    loss_name = "huber"
+
+
+class LogCoshLoss(_LossModule):
+    __doc__ = _make_doc("LogCoshLoss", "log_cosh")
+    loss_name = "log_cosh"
+
+
+class MSLELoss(_LossModule):
+    __doc__ = _make_doc("MSLELoss", "msle")
+    loss_name = "msle"
+
+
+class MAPELoss(_LossModule):
+    __doc__ = _make_doc("MAPELoss", "mape")
+    loss_name = "mape"
+
+
+class MeanBiasErrorLoss(_LossModule):
+    __doc__ = _make_doc("MeanBiasErrorLoss", "mean_bias_error")
+    loss_name = "mean_bias_error"
+
+
+class QuantileLoss(_LossModule):
+    __doc__ = _make_doc("QuantileLoss", "quantile")
+    loss_name = "quantile"
+
+
+class RMSLELoss(_LossModule):
+    __doc__ = _make_doc("RMSLELoss", "rmsle")
+    loss_name = "rmsle"
+
+
+class RelativeAbsoluteErrorLoss(_LossModule):
+    __doc__ = _make_doc("RelativeAbsoluteErrorLoss", "relative_absolute_error")
+    loss_name = "relative_absolute_error"
+
+
+class RelativeSquaredErrorLoss(_LossModule):
+    __doc__ = _make_doc("RelativeSquaredErrorLoss", "relative_squared_error")
+    loss_name = "relative_squared_error"
+
+
+class NRMSELoss(_LossModule):
+    __doc__ = _make_doc("NRMSELoss", "nrmse")
+    loss_name = "nrmse"
+
+
+class RRMSELoss(_LossModule):
+    __doc__ = _make_doc("RRMSELoss", "rrmse")
+    loss_name = "rrmse"
+
+
+class MADLLoss(_LossModule):
+    __doc__ = _make_doc("MADLLoss", "madl")
+    loss_name = "madl"
+
+
+class GMADLLoss(_LossModule):
+    __doc__ = _make_doc("GMADLLoss", "gmadl")
+    loss_name = "gmadl"
+
+
+class HLGaussLoss(_LossModule):
+    __doc__ = _make_doc("HLGaussLoss", "hl_gauss")
+    loss_name = "hl_gauss"
