@@ -386,3 +386,18 @@ def test_weight_and_target_errors_still_come_from_the_shared_checks():
         L.ldam(x, y, class_counts=COUNTS, weight=torch.ones(4, dtype=D))
     with pytest.raises(DataError, match="every index must lie in"):
         L.balanced_softmax(x, torch.full_like(y, 5), class_counts=COUNTS)
+
+
+@pytest.mark.parametrize("cast", [torch.bfloat16, torch.float16])
+def test_module_counts_keep_their_dtype_under_module_casts(cast):
+    counts = torch.tensor([70000.0, 5000.0, 7.0])  # 70000 overflows float16, 5000 rounds to 4992 in bfloat16
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0])
+    for module, fn, kw in ((L.BalancedSoftmaxLoss(class_counts=counts), L.balanced_softmax, {}),
+                           (L.LDAMLoss(class_counts=counts, s=1.0), L.ldam, {"s": 1.0}),
+                           (L.LogitAdjustedCrossEntropyLoss(class_counts=counts), L.logit_adjusted_cross_entropy, {})):
+        cast_module = module.to(cast)
+        assert cast_module.class_counts.dtype == torch.float32 and torch.equal(cast_module.class_counts, counts)
+        torch.testing.assert_close(cast_module(x, y), fn(x, y, class_counts=counts, **kw))
+    with pytest.raises(ConfigError, match="per call"):
+        L.LDAMLoss(class_counts=counts)(x, y, s=2.0)

@@ -350,3 +350,24 @@ def test_neural_ndcg_default_sinkhorn_stop_is_close_to_all_rounds_and_works_in_h
         assert out.dtype == torch.float32
         torch.testing.assert_close(out.double(), L.neural_ndcg(s.to(dtype).double(), y, reduction="none"),
                                    rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype, label", [(torch.float32, 128.0), (torch.float64, 1100.0)])
+def test_exponential_gains_that_overflow_are_a_data_error(dtype, label):
+    x = torch.tensor([[2.0, 1.0, 0.5]], dtype=dtype)
+    y = torch.tensor([[label, 0.0, 1.0]], dtype=dtype)
+    for call in (lambda: L.neural_ndcg(x, y), lambda: L.neural_ndcg(x, y, transposed=True),
+                 lambda: L.approx_ndcg(x, y)):
+        with pytest.raises(DataError, match="overflow"):
+            call()
+    assert torch.isfinite(L.neural_ndcg(x, y, powered_relevancies=False))  # linear gains have no such limit
+    assert torch.isfinite(L.neural_ndcg(x, y.clamp(max=100.0)))
+
+
+@pytest.mark.parametrize("name", ["neural_ndcg", "approx_ndcg", "listnet", "listmle", "ranknet"])
+def test_empty_slates_give_zero_and_the_module_takes_the_mask_by_keyword(name):
+    assert L.get(name)(torch.zeros(2, 0), torch.zeros(2, 0)).item() == 0.0
+    x, y = torch.randn(2, 5, generator=torch.Generator().manual_seed(0)), torch.tensor([[3.0, 0, 1, 2, 0]] * 2)
+    mask = torch.tensor([[True, True, True, False, False], [True] * 5])
+    module = getattr(L, L.info(name).module)()
+    torch.testing.assert_close(module(x, y, mask=mask), L.get(name)(x, y, mask))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -393,3 +394,31 @@ def test_hl_gauss_bad_inputs():
         L.hl_gauss_target(y, num_bins=2.5, min_value=0.0, max_value=1.0)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         L.hl_gauss(x, y)  # the support has no default  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name, kw", [("relative_absolute_error", {}), ("relative_squared_error", {}),
+                                      ("nrmse", {"normalizer": "target_std"})])
+def test_constant_series_whose_mean_rounds_is_still_refused(name, kw, dtype):
+    y = torch.full((2, 7), 0.1, dtype=dtype)  # mean(0.1, ...) is not exactly 0.1: the spread rounds to ~1e-9, not 0
+    y[1] = torch.linspace(0, 1, 7, dtype=dtype)
+    with pytest.raises(DataError, match="1 target series are constant"):
+        L.get(name)(y + 0.1, y, **kw)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"num_bins": 1}, "num_bins must be an integer ≥ 2"),
+    ({"sigma": 1e300}, "flat"),
+    ({"min_value": -3e38, "max_value": 3e38}, "does not fit in float32"),
+])
+def test_hl_gauss_settings_that_would_give_nan_are_config_errors(kw, match):
+    settings = {"num_bins": 4, "min_value": -1.0, "max_value": 1.0, **kw}
+    with pytest.raises(ConfigError, match=match):
+        L.hl_gauss_target(torch.tensor([0.0]), **settings)
+    if settings["num_bins"] >= 2:
+        logits = torch.zeros(1, settings["num_bins"])
+        with pytest.raises(ConfigError, match=match):
+            L.hl_gauss(logits, torch.tensor([0.0]), **{k: v for k, v in settings.items() if k != "num_bins"})
+    numpy_bins = L.hl_gauss_target(torch.tensor([0.0]), num_bins=np.int64(4), min_value=-1.0, max_value=1.0)
+    torch.testing.assert_close(numpy_bins, L.hl_gauss_target(torch.tensor([0.0]), num_bins=4, min_value=-1.0,
+                                                             max_value=1.0))

@@ -253,3 +253,11 @@ def test_aldr_module_bool_index_is_a_mask_over_the_dataset():
     torch.testing.assert_close(by_mask.lam_table, by_ids.lam_table)
     with pytest.raises(DataError, match="mask"):
         by_mask(x, y, index=mask[:3])
+
+
+def test_aldr_lambda_table_keeps_float64_under_module_casts():
+    crit = L.ALDRKLLoss(num_examples=4).half()
+    assert crit.lam_table.dtype == torch.float64
+    x = torch.tensor([[1.0, -1.0]])
+    crit(x, torch.tensor([0]), index=torch.tensor([2]))
+    assert crit.lam_table.dtype == torch.float64 and float(crit.lam_table[2]) != 1.0

@@ -63,7 +63,7 @@ def check_k(k: object, loss: str) -> int | None:
 
 
 def check_temperature(value: object, loss: str) -> float:
-    return check_number("temperature", value, loss, low=0.0, low_open=True)
+    return check_number("temperature", value, loss, low=1e-6, high=1e6)  # 1/τ stays finite in float32
 
 
 def discounts(n: int, k: int | None, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -75,9 +75,20 @@ def discounts(n: int, k: int | None, dtype: torch.dtype, device: torch.device) -
     return d
 
 
-def gains(y: Tensor, powered: bool) -> Tensor:
-    """2^y - 1 (``powered``) or y; padded labels are 0 and so are their gains."""
-    return torch.expm1(y * math.log(2.0)) if powered else y
+def gains(y: Tensor, powered: bool, loss: str) -> Tensor:
+    """2^y - 1 (``powered``) or y; padded labels are 0 and so are their gains.
+
+    Exponential gains overflow for labels >= log2 of the dtype's largest number (128 in float32): that is a
+    DataError, not the NaN that DCG / IDCG = inf / inf would give.
+    """
+    if not powered:
+        return y
+    limit = math.log2(torch.finfo(y.dtype).max)
+    if y.numel() and float(y.max()) >= limit:
+        raise DataError(f"{loss}: relevance label {float(y.max()):g} makes the gain 2^y - 1 overflow {y.dtype} "
+                        f"(labels must stay below {limit:.0f}); pass powered_relevancies=False for linear gains, or "
+                        f"map the labels to a small graded scale")
+    return torch.expm1(y * math.log(2.0))
 
 
 def ideal_dcg(g: Tensor, d: Tensor) -> Tensor:
@@ -116,6 +127,8 @@ def sinkhorn(p: Tensor, valid: Tensor, max_iter: int, tol: float) -> Tensor:
     runs ``max_iter`` rounds and skips the convergence test (one host synchronisation per round on a GPU).
     """
     n = p.shape[1]
+    if n == 0:  # empty slates: nothing to scale
+        return p
     m = valid.sum(1, keepdim=True)
     row_valid = torch.arange(1, n + 1, device=p.device).unsqueeze(0) <= m
     real = row_valid.unsqueeze(2) & valid.unsqueeze(1)

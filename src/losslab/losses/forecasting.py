@@ -39,8 +39,9 @@ def _safe_sqrt(m: Tensor) -> Tensor:
     return torch.where(pos, torch.sqrt(torch.where(pos, m, torch.ones_like(m))), torch.zeros_like(m))
 
 
-def _nonzero_spread(den: Tensor, loss: str, what: str) -> Tensor:
-    bad = int((den == 0).sum())
+def _nonzero_spread(target: Tensor, den: Tensor, loss: str, what: str) -> Tensor:
+    # equal values, not den == 0: the spread of a constant series around its rounded mean is tiny but not 0
+    bad = int((target == target[..., :1]).all(-1).sum())
     if bad:
         raise DataError(f"{loss}: {bad} target series are constant ({what} = 0), so the relative error divides by "
                         f"zero and is undefined; drop constant series or use mae / mse for them")
@@ -115,7 +116,7 @@ def relative_absolute_error(input: Tensor, target: Tensor, *, reduction: str = "
         sums run over the whole batch tensor: pass ``reshape(1, -1)`` views to get that number).
     """
     x, y = _series(input, target, "relative_absolute_error", reduction, min_len=2)
-    den = _nonzero_spread((y - y.mean(-1, keepdim=True)).abs().sum(-1), "relative_absolute_error", "Σ_t |y_t - ȳ|")
+    den = _nonzero_spread(y, (y - y.mean(-1, keepdim=True)).abs().sum(-1), "relative_absolute_error", "Σ_t |y_t - ȳ|")
     return reduce_loss((y - x).abs().sum(-1) / den, reduction)
 
 
@@ -153,7 +154,7 @@ def relative_squared_error(input: Tensor, target: Tensor, *, reduction: str = "m
         (a test checks the loss is not constant and its gradient is not zero).
     """
     x, y = _series(input, target, "relative_squared_error", reduction, min_len=2)
-    den = _nonzero_spread((y - y.mean(-1, keepdim=True)).square().sum(-1), "relative_squared_error",
+    den = _nonzero_spread(y, (y - y.mean(-1, keepdim=True)).square().sum(-1), "relative_squared_error",
                           "Σ_t (y_t - ȳ)²")
     return reduce_loss((y - x).square().sum(-1) / den, reduction)
 
@@ -206,7 +207,7 @@ def nrmse(input: Tensor, target: Tensor, *, normalizer: str = "prediction_std", 
     x, y = _series(input, target, name, reduction, min_len=2)
     rmse = _safe_sqrt((y - x).square().mean(-1))
     if normalizer == "target_std":
-        std = _nonzero_spread(y.var(-1, correction=0), name, "std_t(y)").sqrt()
+        std = _nonzero_spread(y, y.var(-1, correction=0), name, "std_t(y)").sqrt()
     else:
         std = _safe_sqrt(x.var(-1, correction=0)).clamp_min(e)
     return reduce_loss(rmse / std, reduction)

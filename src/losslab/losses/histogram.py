@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -15,6 +16,8 @@ from losslab.losses._validate import check_float, check_number, check_reduction,
 __all__ = ["hl_gauss", "hl_gauss_target", "hl_gauss_value"]
 
 _SIGMA_RATIO = 0.75  # σ / bin width recommended by Farebrother et al.
+_FLOAT32_MAX = 3.4e38
+_MAX_SIGMA_WIDTHS = 1e3  # sigma beyond this many support widths leaves a flat (uninformative) histogram
 
 
 def _support(loss: str, num_bins: int, min_value: object, max_value: object, sigma: object
@@ -24,11 +27,18 @@ def _support(loss: str, num_bins: int, min_value: object, max_value: object, sig
     if not hi > lo:
         raise ConfigError(f"{loss}: max_value={max_value!r} must be larger than min_value={min_value!r}; "
                           f"they are the ends of the histogram's support")
+    if not (abs(lo) < _FLOAT32_MAX and abs(hi) < _FLOAT32_MAX and hi - lo < _FLOAT32_MAX):
+        raise ConfigError(f"{loss}: the support [{lo:g}, {hi:g}] does not fit in float32 (the bin edges would be "
+                          f"inf); rescale the targets to a smaller range")
     if num_bins < 2:
         raise DataError(f"{loss}: the histogram needs at least 2 bins (the last dimension of the logits), "
                         f"got {num_bins}")
     s = _SIGMA_RATIO * (hi - lo) / num_bins if sigma is None else check_number("sigma", sigma, loss, low=0.0,
                                                                                 low_open=True)
+    if s > _MAX_SIGMA_WIDTHS * (hi - lo):
+        raise ConfigError(f"{loss}: sigma={s:g} is over {_MAX_SIGMA_WIDTHS:g} times the support width {hi - lo:g}: "
+                          f"the target histogram would be flat and carry nothing of the target; the paper's "
+                          f"choice is 0.75 bin widths (sigma=None)")
     return lo, hi, s
 
 
@@ -70,8 +80,9 @@ def hl_gauss_target(target: Tensor, *, num_bins: int, min_value: float, max_valu
     """
     name = "hl_gauss_target"
     y = check_float("target", target, name, min_dim=0)
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int):
-        raise ConfigError(f"{name}: num_bins must be an int ≥ 2, got {num_bins!r}")
+    if isinstance(num_bins, bool) or not isinstance(num_bins, numbers.Integral) or int(num_bins) < 2:
+        raise ConfigError(f"{name}: num_bins must be an integer ≥ 2, got {num_bins!r}")
+    num_bins = int(num_bins)
     lo, hi, s = _support(name, num_bins, min_value, max_value, sigma)
     return _probs(y.to(compute_dtype(y)), num_bins, lo, hi, s)
 

@@ -86,8 +86,10 @@ class _LossModule(nn.Module):
         if unknown:
             raise ConfigError(f"{type(self).__name__}: unknown option(s) {unknown}; accepted: {allowed}")
         self._fn = fn
+        self._call_args = [n for n, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
         self._plain: dict[str, Any] = {}
         self._buffers_names: list[str] = []
+        self._state_buffers: list[str] = []
         for key, value in options.items():
             if isinstance(value, Tensor):
                 self.register_buffer(key, value)
@@ -95,11 +97,30 @@ class _LossModule(nn.Module):
             else:
                 self._plain[key] = value
 
-    def forward(self, *inputs: Tensor) -> Any:
+    def _options(self, call_args: dict[str, Any]) -> dict[str, Any]:
+        """The stored options plus the per-call arguments (the function's non-keyword-only parameters)."""
+        unknown = sorted(set(call_args) - set(self._call_args))
+        if unknown:
+            raise ConfigError(f"{type(self).__name__}: {unknown} cannot be passed per call (options go to the "
+                              f"constructor); per-call arguments: {self._call_args}")
         options = dict(self._plain)
         for key in self._buffers_names:
             options[key] = getattr(self, key)
-        return self._fn(*inputs, **options)
+        return {**call_args, **options}
+
+    def forward(self, *inputs: Tensor, **call_args: Any) -> Any:
+        return self._fn(*inputs, **self._options(call_args))
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        # tensor options (class counts, class weights, quantile levels) and state tables follow device moves but
+        # keep their dtype: .half() or a bf16-true trainer would otherwise round counts (5000 -> 4992 in bf16)
+        before = {key: self._buffers[key] for key in [*self._buffers_names, *self._state_buffers]}
+        super()._apply(fn, recurse)
+        for key, old in before.items():
+            new = self._buffers[key]
+            if old is not None and new is not None and new.dtype != old.dtype:
+                self._buffers[key] = old.to(device=new.device)
+        return self
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self._plain.items())
@@ -107,7 +128,7 @@ class _LossModule(nn.Module):
 
 def _make_doc(cls_name: str, loss: str) -> str:
     return (f"Module form of :func:`losslab.losses.{loss}`: ``{cls_name}(**options)(*inputs)`` equals "
-            f"``{loss}(*inputs, **options)``; tensor options become buffers.")
+            f"``{loss}(*inputs, **options)``; tensor options become buffers that follow device moves and keep their dtype.")
 
 
 class CrossEntropyLoss(_LossModule):
@@ -213,19 +234,18 @@ class ALDRKLLoss(_LossModule):
                 raise ConfigError(f"ALDRKLLoss: num_examples must be a positive int, got {num_examples!r}")
             lam0 = float(self._plain.get("lam0", 1.0))
             self.register_buffer("lam_table", torch.full((num_examples,), lam0, dtype=torch.float64))
+            self._state_buffers.append("lam_table")
         else:
             self.lam_table = None
 
-    def forward(self, *inputs: Tensor, index: Tensor | None = None) -> Any:
+    def forward(self, *inputs: Tensor, index: Tensor | None = None, **call_args: Any) -> Any:
         if index is None:
-            return super().forward(*inputs)
+            return super().forward(*inputs, **call_args)
         if self.lam_table is None:
             raise ConfigError("ALDRKLLoss: index was given but the module keeps no λ table; "
                               "construct it with num_examples=<dataset size>")
         index = _lam_table_index(index, int(self.lam_table.shape[0]))
-        options = dict(self._plain)
-        for key in self._buffers_names:
-            options[key] = getattr(self, key)
+        options = self._options(call_args)
         options["lam_prev"] = self.lam_table[index].to(inputs[0].dtype if inputs[0].dtype == torch.float64
                                                        else torch.float32)
         loss, lam = self._fn(*inputs, return_lambda=True, **options)

@@ -73,7 +73,7 @@ def neural_ndcg(input: Tensor, target: Tensor, mask: Tensor | None = None, *, te
         target: relevance labels (B, n), ≥ 0.
         mask: optional torch.bool (B, n), True at real items (allRank's ``y_true == -1`` padding is
             ``mask=target != -1``).
-        temperature: τ > 0 of NeuralSort (allRank's default 1.0; smaller is closer to the exact sort and has
+        temperature: τ in [1e-6, 1e6] of NeuralSort (allRank's default 1.0; smaller is closer to the exact sort and has
             steeper gradients).
         k: truncation rank of NDCG@k; None (default, as allRank) uses the whole slate.
         powered_relevancies: gains 2^y − 1 (default, as allRank) or y.
@@ -123,7 +123,7 @@ def neural_ndcg(input: Tensor, target: Tensor, mask: Tensor | None = None, *, te
     if isinstance(iters, bool) or not isinstance(iters, numbers.Integral) or int(iters) < 0:
         raise ConfigError(f"{name}: sinkhorn_iters must be an integer ≥ 0 (50 is allRank's value), got {iters!r}")
     tol = check_number("sinkhorn_tol", sinkhorn_tol, name, low=0.0)
-    g = gains(y, bool(powered_relevancies))
+    g = gains(y, bool(powered_relevancies), name)
     d = discounts(x.shape[1], k_, x.dtype, x.device)
     p = sinkhorn(neural_sort(x, valid, tau), valid, int(iters), tol)
     if transposed:
@@ -185,7 +185,7 @@ def approx_ndcg(input: Tensor, target: Tensor, mask: Tensor | None = None, *, al
     pair = valid.unsqueeze(1) & valid.unsqueeze(2) & ~torch.eye(n, dtype=torch.bool, device=x.device)
     sig = torch.sigmoid(a * (x.unsqueeze(1) - x.unsqueeze(2)))  # [b, j, k] = σ(α (s_k - s_j))
     pos = 1 + torch.where(pair, sig, 0.0).sum(2)
-    g = gains(y, True)
+    g = gains(y, True, name)
     dcg = (g / torch.log2(1 + pos)).sum(1)
     idcg = ideal_dcg(g, discounts(n, None, x.dtype, x.device))
     has = idcg > 0
