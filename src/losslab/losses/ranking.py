@@ -42,6 +42,12 @@ def _fill(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).min / 4
 
 
+
+def _minus_ndcg(dcg: Tensor, idcg: Tensor, reduction: str) -> Tensor:
+    """-DCG / IDCG per slate; slates without a relevant item (IDCG = 0) are left out of the mean."""
+    has = idcg > 0
+    return reduce_loss(-dcg / torch.where(has, idcg, torch.ones_like(idcg)), reduction, mask=has, empty="zero")
+
 @register("neural_ndcg", summary="NeuralNDCG: −NDCG@k of the labels sorted by NeuralSort + Sinkhorn (soft ranks)",
           reference="Pobrotyn, Białobrzeski, NeuralNDCG: Direct Optimisation of a Ranking Metric via "
                     "Differentiable Relaxation of Sorting, arXiv:2102.07831, 2021",
@@ -130,10 +136,7 @@ def neural_ndcg(input: Tensor, target: Tensor, mask: Tensor | None = None, *, te
         dcg = (g * (p.transpose(1, 2) @ d)).sum(1)
     else:
         dcg = ((p @ g.unsqueeze(2)).squeeze(2) * d).sum(1)
-    idcg = ideal_dcg(g, d)
-    has = idcg > 0
-    loss = -dcg / torch.where(has, idcg, torch.ones_like(idcg))
-    return reduce_loss(loss, reduction, mask=has, empty="zero")
+    return _minus_ndcg(dcg, ideal_dcg(g, d), reduction)
 
 
 @register("approx_ndcg", summary="ApproxNDCG: −NDCG with sigmoid-smoothed ranks π̂_j = 1 + Σ_k σ(α(s_k − s_j))",
@@ -187,10 +190,7 @@ def approx_ndcg(input: Tensor, target: Tensor, mask: Tensor | None = None, *, al
     pos = 1 + torch.where(pair, sig, 0.0).sum(2)
     g = gains(y, True, name)
     dcg = (g / torch.log2(1 + pos)).sum(1)
-    idcg = ideal_dcg(g, discounts(n, None, x.dtype, x.device))
-    has = idcg > 0
-    loss = -dcg / torch.where(has, idcg, torch.ones_like(idcg))
-    return reduce_loss(loss, reduction, mask=has, empty="zero")
+    return _minus_ndcg(dcg, ideal_dcg(g, discounts(n, None, x.dtype, x.device)), reduction)
 
 
 @register("listnet", summary="ListNet: cross-entropy between the top-one distributions softmax(y) and softmax(s)",
