@@ -272,3 +272,15 @@ def test_integer_numpy_scalars_are_numbers():
     args, _ = _inputs("poly1_cross_entropy")
     torch.testing.assert_close(L.poly1_cross_entropy(*args, epsilon=np.int64(3)),
                                L.poly1_cross_entropy(*args, epsilon=3.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_finite_check_is_exact_when_the_sum_overflows_or_cancels(dtype):
+    from losslab.losses._validate import check_finite
+
+    big = torch.finfo(dtype).max
+    check_finite("x", torch.tensor([big, big, big], dtype=dtype), "t")  # finite entries whose sum overflows
+    check_finite("x", torch.empty(0, dtype=dtype), "t")
+    for bad in ([1.0, float("nan")], [float("inf"), -float("inf")], [big, float("inf")], [-float("inf"), 2.0]):
+        with pytest.raises(DataError, match=r"contains 1 NaN/Inf|contains 2 NaN/Inf"):
+            check_finite("x", torch.tensor(bad, dtype=dtype), "t")

@@ -135,13 +135,15 @@ def sinkhorn(p: Tensor, valid: Tensor, max_iter: int, tol: float) -> Tensor:
     pad = ~row_valid.unsqueeze(2) & ~valid.unsqueeze(1)
     mat = torch.where(real, p, torch.where(pad, 1.0, 0.0).to(p.dtype))
     done = torch.zeros(p.shape[0], dtype=torch.bool, device=p.device)
+    any_done = False
     for _ in range(max_iter):
         new = mat / mat.sum(1, keepdim=True).clamp_min(1e-10)
         new = new / new.sum(2, keepdim=True).clamp_min(1e-10)
-        mat = torch.where(done[:, None, None], mat, new)
+        mat = torch.where(done[:, None, None], mat, new) if any_done else new  # no select while none has stopped
         if tol > 0:
             err = torch.maximum((mat.sum(2) - 1).abs().amax(1), (mat.sum(1) - 1).abs().amax(1))
             done = done | (err < tol)
-            if bool(done.all()):
+            any_done, all_done = torch.stack([done.any(), done.all()]).tolist()
+            if all_done:
                 break
     return torch.where(real, mat, 0.0)

@@ -41,12 +41,18 @@ def check_float(name: str, x: object, loss: str, min_dim: int = 1) -> Tensor:
 
 def check_finite(name: str, x: Tensor, loss: str) -> None:
     """Raise DataError when ``x`` holds NaN or Inf (they would silently poison the loss and every gradient)."""
-    if x.numel() and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise DataError(
-            f"{loss}: {name} contains {bad} NaN/Inf value(s); a non-finite {name} makes the loss and its gradient "
-            f"NaN. Find where they appear upstream (e.g. an overflowing activation) or drop those rows"
-        )
+    if not x.numel():
+        return
+    # one pass: NaN and Inf propagate through a sum, so a finite sum means every entry is finite; only when the sum
+    # is not finite (a NaN/Inf, or finite entries whose sum overflows) are the entries themselves checked
+    total = x.detach().sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    if bool(torch.isfinite(total)) or bool(torch.isfinite(x).all()):
+        return
+    bad = int((~torch.isfinite(x)).sum())
+    raise DataError(
+        f"{loss}: {name} contains {bad} NaN/Inf value(s); a non-finite {name} makes the loss and its gradient "
+        f"NaN. Find where they appear upstream (e.g. an overflowing activation) or drop those rows"
+    )
 
 
 def check_reduction(reduction: object, loss: str) -> str:
