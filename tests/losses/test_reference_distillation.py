@@ -537,3 +537,19 @@ def test_module_forms():
     torch.testing.assert_close(L.NKDLoss()(s, t, y), L.nkd(s, t, y))
     torch.testing.assert_close(L.BinaryKLNormLoss()(s, t), L.binary_kl_norm(s, t))
     torch.testing.assert_close(L.AlphaDivergenceLoss(iw_clip=3.0)(s, t), L.alpha_divergence(s, t, iw_clip=3.0))
+
+
+def test_alpha_divergence_takes_alpha_max_on_an_exact_tie():
+    s = torch.tensor([[0.0, 0.5]], dtype=torch.float64)
+    t = torch.tensor([[0.5, 0.0]], dtype=torch.float64)
+    kw = {"iw_clip": 1e6}
+    low = L.alpha_divergence(s, t, alpha_min=-1.0, alpha_max=-1.0, **kw)
+    high = L.alpha_divergence(s, t, alpha_min=2.0, alpha_max=2.0, **kw)
+    assert low.item() == high.item()  # the two divergences tie exactly in float64 here
+    grads = []
+    for a_min, a_max in ((-1.0, 2.0), (2.0, 2.0), (-1.0, -1.0)):
+        leaf = s.clone().requires_grad_(True)
+        L.alpha_divergence(leaf, t, alpha_min=a_min, alpha_max=a_max, **kw).backward()
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[0], grads[1])  # the tie goes to alpha_max, as documented
+    assert not torch.allclose(grads[0], grads[2])

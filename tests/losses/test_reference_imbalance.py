@@ -401,3 +401,12 @@ def test_module_counts_keep_their_dtype_under_module_casts(cast):
         torch.testing.assert_close(cast_module(x, y), fn(x, y, class_counts=counts, **kw))
     with pytest.raises(ConfigError, match="per call"):
         L.LDAMLoss(class_counts=counts)(x, y, s=2.0)
+
+
+def test_class_balanced_weights_default_beta_is_ldam_drw():
+    got = L.class_balanced_weights([10, 100, 1000], dtype=torch.float64)
+    beta = 0.9999
+    raw = [(1 - beta) / (1 - beta**n) for n in (10, 100, 1000)]
+    expected = [3 * r / sum(raw) for r in raw]
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=0)
+    assert got[0].item() == pytest.approx(2.7003825, abs=1e-6)

@@ -371,3 +371,12 @@ def test_empty_slates_give_zero_and_the_module_takes_the_mask_by_keyword(name):
     mask = torch.tensor([[True, True, True, False, False], [True] * 5])
     module = getattr(L, L.info(name).module)()
     torch.testing.assert_close(module(x, y, mask=mask), L.get(name)(x, y, mask))
+
+
+def test_neural_ndcg_default_temperature_is_allranks_one():
+    s = torch.tensor([[2.0, 1.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([[0.0, 1.0, 2.0]], dtype=torch.float64)
+    default = L.neural_ndcg(s, y)
+    torch.testing.assert_close(default, L.neural_ndcg(s, y, temperature=1.0))
+    assert default.item() == pytest.approx(-0.6331015, abs=1e-6)
+    assert L.neural_ndcg(s, y, temperature=0.5).item() != pytest.approx(default.item(), abs=1e-3)

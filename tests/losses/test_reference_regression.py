@@ -422,3 +422,12 @@ def test_hl_gauss_settings_that_would_give_nan_are_config_errors(kw, match):
     numpy_bins = L.hl_gauss_target(torch.tensor([0.0]), num_bins=np.int64(4), min_value=-1.0, max_value=1.0)
     torch.testing.assert_close(numpy_bins, L.hl_gauss_target(torch.tensor([0.0]), num_bins=4, min_value=-1.0,
                                                              max_value=1.0))
+
+
+def test_defaults_that_set_the_numbers_gmadl_a_and_the_eps_floors():
+    # GMADL with a = 1000: -(sigmoid(1000 * 0.05 * 0.02) - 1/2) * |0.02|^1
+    got = L.gmadl(torch.tensor([0.05], dtype=torch.float64), torch.tensor([0.02], dtype=torch.float64))
+    assert got.item() == pytest.approx(-(1 / (1 + math.exp(-1.0)) - 0.5) * 0.02, rel=1e-12)
+    collapsed, y = torch.zeros(1, 2, dtype=torch.float64), torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    assert L.nrmse(collapsed, y).item() == pytest.approx(1e8, rel=1e-12)  # RMSE 1 over the floor eps = 1e-8
+    assert L.rrmse(collapsed, y).item() == pytest.approx(math.sqrt(2 / 1e-8), rel=1e-12)

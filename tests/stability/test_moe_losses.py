@@ -205,3 +205,12 @@ def test_cuda_matches_cpu_in_bfloat16_inputs():
         torch.testing.assert_close(gpu.cpu(), cpu)
     torch.testing.assert_close(router_z_loss(logits.cuda(), token_mask=mask.cuda()).cpu(),
                                router_z_loss(logits, token_mask=mask))
+
+
+def test_masked_router_z_loss_is_the_mean_over_the_real_tokens():
+    logits = torch.tensor([[[0.0, 0, 0, 0], [2, 0, 0, 0], [9, 9, 9, 9]]])
+    mask = torch.tensor([[True, True, False]])
+    expected = (math.log(4) ** 2 + math.log(math.exp(2) + 3) ** 2) / 2
+    assert router_z_loss(logits, coefficient=1.0, token_mask=mask).item() == pytest.approx(expected, rel=1e-6)
+    torch.testing.assert_close(router_z_loss(logits, coefficient=1.0, token_mask=mask),
+                               router_z_loss(logits[mask], coefficient=1.0))
