@@ -21,6 +21,8 @@ operator is one fixed symmetric matrix); every other model call uses the fixed s
   :func:`weight_magnitude`, :func:`gradient_covariance`, :func:`collect_features`, :func:`plasticity_report`.
 - Continual learning: :func:`l2_init_penalty`, :func:`wasserstein_init_penalty`, :class:`SpectralRegularizer`,
   :class:`ContinualBackprop`.
+- Loss estimation: :func:`sensitivity_sample` (the mean loss over a dataset from k + m evaluated rows),
+  :func:`kmeans`, :class:`LossSample`.
 - Probes: :func:`input_sensitivity`, :func:`tangent_alignment`, :func:`empirical_ntk`, :func:`kernel_distance`.
 """
 
@@ -82,6 +84,7 @@ from losslab.diagnostics._probes import (
     kernel_distance,
     tangent_alignment,
 )
+from losslab.diagnostics._sampling import LossSample, kmeans, sensitivity_sample
 from losslab.diagnostics._sharpness import (
     SharpnessRecord,
     SharpnessTracker,
@@ -99,6 +102,7 @@ __all__ = [
     "InputSensitivity",
     "Interpolation",
     "LossLandscape",
+    "LossSample",
     "MatrixOperator",
     "SampleSizeChange",
     "SharpnessRecord",
@@ -121,6 +125,7 @@ __all__ = [
     "hvp",
     "input_sensitivity",
     "kernel_distance",
+    "kmeans",
     "l2_init_penalty",
     "lanczos",
     "lanczos_tridiagonal",
@@ -133,6 +138,7 @@ __all__ = [
     "random_direction",
     "redo_dormant_units",
     "sample_size_loss_change",
+    "sensitivity_sample",
     "spectral_density",
     "srank",
     "stability_threshold",
