@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 
 from losslab._errors import ConfigError, DataError
+from losslab._progress import progress
 
 __all__ = ["LossSample", "kmeans", "sensitivity_sample"]
 
@@ -80,8 +82,8 @@ def _sq_distances(e: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return out
 
 
-def kmeans(embeddings: Any, k: int, *, seed: int = 0, max_iter: int = 50,
-           n_init: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(embeddings: Any, k: int, *, seed: int = 0, max_iter: int = 50, n_init: int = 4,
+           quiet: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k-means++ seeding then Lloyd iterations, best of ``n_init``: ``(centers (k, d), labels (n,))``.
 
     No cluster is left empty (an empty one takes the row farthest from its centre).
@@ -93,6 +95,7 @@ def kmeans(embeddings: Any, k: int, *, seed: int = 0, max_iter: int = 50,
         max_iter: Lloyd iterations at most (they stop when no label changes).
         n_init: independent seedings; the clustering of lowest cost is kept (one seeding can merge two
             well-separated groups and split a third).
+        quiet: hide the progress bar over seedings (None: shown only on an interactive terminal).
 
     Example:
         >>> import numpy as np
@@ -111,7 +114,7 @@ def kmeans(embeddings: Any, k: int, *, seed: int = 0, max_iter: int = 50,
     max_iter = _check_int("max_iter", max_iter, 1)
     n_init = _check_int("n_init", n_init, 1)
     best: tuple[float, np.ndarray, np.ndarray] | None = None
-    for attempt in range(n_init):
+    for attempt in progress(range(n_init), total=n_init, desc="k-means seedings", quiet=quiet):
         centers, labels = _lloyd(e, k, np.random.default_rng([seed, attempt]), max_iter)
         cost = float(np.sum((e - centers[labels]) ** 2))
         if best is None or cost < best[0]:
@@ -143,13 +146,13 @@ def _lloyd(e: np.ndarray, k: int, rng: np.random.Generator, max_iter: int) -> tu
         if np.array_equal(new, labels):
             break
         labels = new
-        for j in range(k):
-            centers[j] = e[labels == j].mean(axis=0)
+        members = sparse.csr_matrix((np.ones(n), (labels, np.arange(n))), shape=(k, n))
+        centers = np.asarray(members @ e) / counts[:, None]  # every cluster is non-empty here
     return centers, labels
 
 
 def sensitivity_sample(embeddings: Any, k: int, m: int, *, z: float = 2.0, uniform: float = 0.5, seed: int = 0,
-                       max_iter: int = 50) -> LossSample:
+                       max_iter: int = 50, quiet: bool | None = None) -> LossSample:
     r"""Pick ``k + m`` examples whose weighted losses estimate the mean loss over all ``n`` (sensitivity sampling).
 
     Cluster the embeddings (k-means), evaluate the loss at one representative per cluster (the row nearest to its
@@ -178,6 +181,7 @@ def sensitivity_sample(embeddings: Any, k: int, m: int, *, z: float = 2.0, unifo
             representatives).
         seed: seed of the k-means++ seeding and of the draws.
         max_iter: Lloyd iterations at most.
+        quiet: hide the progress bar of the k-means (None: shown only on an interactive terminal).
 
     Returns:
         A :class:`LossSample`; evaluate the loss at ``indices`` and call ``estimate(losses)``.
@@ -217,7 +221,7 @@ def sensitivity_sample(embeddings: Any, k: int, m: int, *, z: float = 2.0, unifo
     if isinstance(uniform, bool) or not isinstance(uniform, (int, float)) or not 0.0 < uniform <= 1.0:
         raise ConfigError(f"uniform must be a share in (0, 1] (0.5 mixes distance and uniform sampling evenly), "
                           f"got {uniform!r}")
-    centers, labels = kmeans(e, k, seed=seed, max_iter=max_iter)
+    centers, labels = kmeans(e, k, seed=seed, max_iter=max_iter, quiet=quiet)
     dist = np.sqrt(np.sum((e - centers[labels]) ** 2, axis=1))
     reps = np.array([np.flatnonzero(labels == j)[np.argmin(dist[labels == j])] for j in range(k)])
     sens = dist**z
