@@ -10,6 +10,7 @@ import pytest
 MODULES = ["losslab.losses", "losslab.losses.classification", "losslab.losses.poly", "losslab.losses.spherical",
            "losslab.losses.robust", "losslab.losses.llm", "losslab.losses.metric", "losslab.losses.stochastic",
            "losslab.losses.modules", "losslab.losses.imbalance", "losslab.losses.distillation",
+           "losslab.losses.distillation_divergences",
            "losslab.losses.ranking", "losslab.losses.regression", "losslab.losses.forecasting",
            "losslab.losses.histogram"]
 

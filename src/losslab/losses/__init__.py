@@ -19,7 +19,8 @@ from typing import Any
 
 from losslab.losses._catalogue import LossInfo, registry
 from losslab.losses.classification import cross_entropy, focal, sigmoid_focal, softcap, squentropy
-from losslab.losses.distillation import alpha_divergence, binary_kl_norm, dkd, kd, nkd
+from losslab.losses.distillation import dkd, kd, nkd
+from losslab.losses.distillation_divergences import alpha_divergence, binary_kl_norm
 from losslab.losses.forecasting import (
     gmadl,
     madl,
