@@ -74,9 +74,13 @@ def test_kmeans_recovers_separated_blobs_and_keeps_clusters_non_empty():
     assert len(pairs) == 4  # a bijection between blobs and clusters
     for j in range(4):
         np.testing.assert_allclose(centers[j], emb[labels == j].mean(axis=0))
-    duplicated = np.repeat(np.array([[0.0, 0.0], [1.0, 1.0]]), 5, axis=0)  # 2 distinct points, k = 3
-    _, lab = kmeans(duplicated, 3, seed=0)
-    assert np.all(np.bincount(lab, minlength=3) > 0)
+    duplicated = np.repeat(np.array([[0.0, 0.0], [1.0, 1.0]]), 5, axis=0)  # 2 distinct points, k > 2
+    for k in (3, 4, 10):
+        centers, lab = kmeans(duplicated, k, seed=0)
+        assert np.all(np.bincount(lab, minlength=k) > 0) and np.all(np.isfinite(centers))
+    tiny = np.array([[0.0], [0.0], [1.0], [5.0]])
+    _, lab = kmeans(tiny, 4)
+    assert sorted(lab.tolist()) == [0, 1, 2, 3]  # k = n: one row per cluster
 
 
 def test_reproducible_and_accepts_tensors():

@@ -71,15 +71,17 @@ def _check_int(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
-def _sq_distances(e: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Squared distances (n, k), in blocks of rows (never an n x k x d array)."""
+def _nearest(e: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centre of every row and its squared distance, in blocks of rows (memory: a block x k, not n x k)."""
     c2 = np.sum(centers * centers, axis=1)
-    out = np.empty((e.shape[0], centers.shape[0]))
+    labels = np.empty(e.shape[0], dtype=np.int64)
+    d2min = np.empty(e.shape[0])
     for start in range(0, e.shape[0], _CHUNK):
         block = e[start:start + _CHUNK]
         d2 = np.sum(block * block, axis=1)[:, None] - 2.0 * block @ centers.T + c2[None, :]
-        out[start:start + _CHUNK] = np.maximum(d2, 0.0)
-    return out
+        labels[start:start + _CHUNK] = np.argmin(d2, axis=1)
+        d2min[start:start + _CHUNK] = np.maximum(np.min(d2, axis=1), 0.0)
+    return labels, d2min
 
 
 def kmeans(embeddings: Any, k: int, *, seed: int = 0, max_iter: int = 50, n_init: int = 4,
@@ -127,22 +129,22 @@ def _lloyd(e: np.ndarray, k: int, rng: np.random.Generator, max_iter: int) -> tu
     n = e.shape[0]
     centers = np.empty((k, e.shape[1]))
     centers[0] = e[rng.integers(n)]
-    nearest = _sq_distances(e, centers[:1])[:, 0]
+    nearest = _nearest(e, centers[:1])[1]
     for j in range(1, k):
         total = nearest.sum()
         pick = int(rng.choice(n, p=nearest / total)) if total > 0 else int(rng.integers(n))
         centers[j] = e[pick]
-        nearest = np.minimum(nearest, _sq_distances(e, centers[j:j + 1])[:, 0])
+        nearest = np.minimum(nearest, _nearest(e, centers[j:j + 1])[1])
     labels = np.full(n, -1)
     for _ in range(max_iter):
-        d2 = _sq_distances(e, centers)
-        new = np.argmin(d2, axis=1)
+        new, d2 = _nearest(e, centers)
         counts = np.bincount(new, minlength=k)
-        for empty in np.flatnonzero(counts == 0):  # an empty cluster takes the row farthest from its centre
-            far = int(np.argmax(d2[np.arange(n), new]))
-            new[far] = empty
-            d2[far] = 0.0
-            counts = np.bincount(new, minlength=k)
+        while not counts.all():  # an empty cluster takes the farthest row of a cluster that keeps a member
+            far = int(np.argmax(np.where(counts[new] > 1, d2, -np.inf)))
+            counts[new[far]] -= 1
+            new[far] = int(np.flatnonzero(counts == 0)[0])
+            counts[new[far]] += 1
+            d2[far] = -np.inf
         if np.array_equal(new, labels):
             break
         labels = new
