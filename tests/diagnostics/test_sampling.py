@@ -25,15 +25,16 @@ def test_hand_computed_weights_on_two_pairs():
     np.testing.assert_allclose(s.probabilities, [0.25] * 4)
     assert s.cost == pytest.approx(4 * 0.25)
     reps, draw = s.indices[:2], int(s.indices[2])
-    assert sorted(reps.tolist()) == [0, 2]  # the first row nearest to each centre
+    assert sorted(int(s.labels[r]) for r in reps) == [0, 1]  # one member of each pair (both are nearest: a tie)
     # representative weights |C_j|/n = 1/2 minus 1/(n m p) = 1 for the cluster of the draw; the draw gets 1
     expected = {int(r): 0.5 - (1.0 if s.labels[r] == s.labels[draw] else 0.0) for r in reps}
     np.testing.assert_allclose(s.weights[:2], [expected[int(r)] for r in reps])
     assert s.weights[2] == pytest.approx(1.0)
     loss = np.array([3.0, 5.0, 7.0, 13.0])
-    by_hand = (2 * loss[0] + 2 * loss[2] + (loss[draw] - loss[0 if draw < 2 else 2]) / 0.25) / 4
+    rep_of = {int(s.labels[r]): int(r) for r in reps}
+    by_hand = (2 * loss[reps[0]] + 2 * loss[reps[1]] + (loss[draw] - loss[rep_of[int(s.labels[draw])]]) / 0.25) / 4
     assert s.estimate(loss[s.indices]) == pytest.approx(by_hand)
-    assert s.estimate(loss) == pytest.approx(by_hand)  # the losses of every row are accepted too
+    assert s.estimate(torch.tensor(loss[s.indices], requires_grad=True)) == pytest.approx(by_hand)
 
 
 @pytest.mark.parametrize("z, uniform", [(2.0, 0.5), (1.0, 0.1), (2.0, 1.0)])
@@ -64,7 +65,7 @@ def test_error_on_a_lipschitz_loss_is_far_below_uniform_sampling_and_within_the_
     # each correction term is at most λ 2^z Φ' / (1 - u) with Φ' = Σ ||e - c|| (z = 1 here: Lipschitz)
     s = sensitivity_sample(emb, k=k, m=m, z=1.0, seed=0)
     bound = 1.0 * 2 * s.cost / (1 - 0.5) / emb.shape[0]
-    assert abs(s.estimate(loss) - loss.mean()) <= bound / np.sqrt(m) * 4  # four standard deviations at most
+    assert abs(s.estimate(loss[s.indices]) - loss.mean()) <= bound / np.sqrt(m) * 4  # four standard deviations at most
 
 
 def test_kmeans_recovers_separated_blobs_and_keeps_clusters_non_empty():
@@ -103,6 +104,13 @@ def test_reproducible_and_accepts_tensors():
     (lambda e: sensitivity_sample(e, k=2, m=3, uniform=0.0), ConfigError, r"\(0, 1\]"),
     (lambda e: sensitivity_sample(e, k=2, m=3, z=0), ConfigError, "z must be"),
     (lambda e: sensitivity_sample(e, k=2, m=3).estimate([1.0, 2.0]), DataError, "one loss per selected row"),
+    (lambda e: sensitivity_sample(e, k=2, m=3).estimate(np.ones(e.shape[0])), DataError, r"losses\[sample.indices\]"),
+    (lambda e: sensitivity_sample(e, k=2, m=3).estimate(np.ones((5, 1))), DataError, "1-D"),
+    (lambda e: sensitivity_sample(e, k=2, m=3).estimate(["1"] * 5), DataError, "real numbers"),
+    (lambda e: sensitivity_sample(e.astype(complex), k=2, m=3), DataError, "real numbers"),
+    (lambda e: sensitivity_sample(e, k=2, m=3, seed=-1), ConfigError, "seed must be an integer >= 0"),
+    (lambda e: sensitivity_sample(e, k=2, m=3, seed=None), ConfigError, "seed must be an integer >= 0"),
+    (lambda e: sensitivity_sample(e, k=2, m=3, z=1000), ConfigError, r"z must be a real number in \(0, 8\]"),
     (lambda e: sensitivity_sample(e, k=2, m=3).estimate([np.nan] * 5), DataError, "NaN/Inf"),
 ])
 def test_bad_input(call, error, match):
@@ -114,3 +122,20 @@ def test_bad_input(call, error, match):
 def test_docstring_examples():
     result = doctest.testmod(_sampling, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_numpy_scalars_far_offsets_and_independent_streams():
+    emb, truth = _blobs(n_per=100, k=4, seed=5)
+    a = sensitivity_sample(emb, k=4, m=10, z=np.float32(2.0), uniform=np.int64(1), seed=np.int64(3))
+    b = sensitivity_sample(emb, k=4, m=10, z=2.0, uniform=1.0, seed=3)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    # a common offset of 1e8 changes nothing (rows are centred before the distance algebra)
+    far = sensitivity_sample(emb + 1e8, k=4, m=10, seed=3)
+    near = sensitivity_sample(emb, k=4, m=10, seed=3)
+    np.testing.assert_array_equal(far.labels, near.labels)
+    np.testing.assert_allclose(far.probabilities, near.probabilities, rtol=1e-6)
+    assert len({(int(t), int(lab)) for t, lab in zip(truth, far.labels)}) == 4
+    # the draws come from a stream of their own (the second child of the seed), none of the k-means seedings' streams
+    draw_stream = np.random.SeedSequence(3).spawn(2)[1]
+    redrawn = np.random.default_rng(draw_stream).choice(emb.shape[0], size=10, p=near.probabilities)
+    np.testing.assert_array_equal(near.indices[4:], redrawn)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,8 @@ class LossSample:
         indices: ``(k + m,)`` rows of the dataset to evaluate: the ``k`` cluster representatives first, then the
             ``m`` sampled rows (drawn with replacement, so a row may appear twice).
         weights: ``(k + m,)``; ``weights @ losses[indices]`` is the estimate. Representatives can get negative
-            weights (they also serve as control variates), so use the estimate, not the weights, for training.
+            weights (they also serve as control variates): the weights are for estimating (monitoring) the mean
+            loss, not for training on the subset.
         labels: ``(n,)`` cluster of every row; ``centers``: ``(k, d)`` cluster centres.
         cost: the clustering cost ``Φ = Σ_x ||e(x) - c(x)||^z`` (the k-means cost for ``z = 2``).
         probabilities: ``(n,)`` sampling probability of every row.
@@ -38,23 +40,37 @@ class LossSample:
     probabilities: np.ndarray
 
     def estimate(self, losses: Any) -> float:
-        """The estimated mean loss from the losses of ``indices`` (in that order), or of every row (``(n,)``)."""
-        values = np.asarray(losses, dtype=np.float64).reshape(-1)
-        if values.size == self.labels.size and values.size != self.indices.size:
-            values = values[self.indices]
-        if values.size != self.indices.size:
-            raise DataError(f"estimate needs one loss per selected row ({self.indices.size}, in the order of "
-                            f"`indices`) or one per dataset row ({self.labels.size}); got {values.size}")
+        """The estimated mean loss from the losses of the rows in ``indices``, in that order (1-D, length k + m).
+
+        Pass ``losses[sample.indices]`` if you hold the loss of every row. Tensors are accepted (detached).
+        """
+        values = _as_real_array(losses, "losses")
+        if values.ndim != 1 or values.size != self.indices.size:
+            raise DataError(f"estimate needs a 1-D array of one loss per selected row ({self.indices.size}, in the "
+                            f"order of `indices`), got shape {values.shape}; with the loss of every row, pass "
+                            f"losses[sample.indices]")
         if not np.all(np.isfinite(values)):
             raise DataError("estimate: the losses hold NaN/Inf; evaluate the selected rows again or drop them")
         return float(self.weights @ values)
 
 
+def _as_real_array(obj: Any, name: str) -> np.ndarray:
+    """A float64 NumPy copy of an array-like or tensor (detached, on the CPU); complex or non-numeric is refused."""
+    if hasattr(obj, "detach"):  # a torch tensor
+        if obj.is_complex():
+            raise DataError(f"{name} must be real, got a complex tensor")
+        obj = obj.detach().cpu().double().numpy()
+    raw = np.asarray(obj)
+    if raw.dtype.kind not in "biuf":
+        raise DataError(f"{name} must hold real numbers, got dtype {raw.dtype}")
+    return raw.astype(np.float64)
+
+
 def _check_embeddings(embeddings: Any) -> np.ndarray:
-    if hasattr(embeddings, "detach"):  # a torch tensor
-        embeddings = embeddings.detach().cpu().double().numpy()
     try:
-        e = np.asarray(embeddings, dtype=np.float64)
+        e = _as_real_array(embeddings, "embeddings")
+    except DataError:
+        raise
     except (TypeError, ValueError) as exc:
         raise DataError(f"embeddings must be a numeric (n, d) array, got {type(embeddings).__name__}") from exc
     if e.ndim != 2 or e.shape[0] == 0 or e.shape[1] == 0:
@@ -63,6 +79,24 @@ def _check_embeddings(embeddings: Any) -> np.ndarray:
         raise DataError(f"embeddings hold {int(np.sum(~np.isfinite(e)))} NaN/Inf value(s); embed those rows again "
                         "or drop them")
     return e
+
+
+def _standardised(e: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(e - mean) / scale`` with its mean and scale: k-means is unchanged by them, and ||x||² - 2x·c + ||c||² then
+    keeps its precision however far the data sit from the origin and whatever their magnitude."""
+    mean = e.mean(axis=0)
+    centred = e - mean
+    scale = float(np.max(np.abs(centred)))
+    return (centred / scale if scale > 0 else centred), mean, (scale if scale > 0 else 1.0)
+
+
+def _check_real(name: str, value: Any, low: float, high: float, hint: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        raise ConfigError(f"{name} must be a real number in ({low:g}, {high:g}], got {value!r}; {hint}")
+    v = float(value)
+    if not (np.isfinite(v) and low < v <= high):
+        raise ConfigError(f"{name} must be a real number in ({low:g}, {high:g}], got {value!r}; {hint}")
+    return v
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -88,12 +122,13 @@ def kmeans(embeddings: Any, k: int, *, seed: int = 0, max_iter: int = 50, n_init
            quiet: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k-means++ seeding then Lloyd iterations, best of ``n_init``: ``(centers (k, d), labels (n,))``.
 
-    No cluster is left empty (an empty one takes the row farthest from its centre).
+    Rows are centred and scaled first (k-means does not change; the distance algebra keeps its precision far from
+    the origin). No cluster is left empty: an empty one takes the farthest row of a cluster that keeps a member.
 
     Args:
         embeddings: ``(n, d)`` rows.
         k: clusters, ``1 <= k <= n``.
-        seed: seed of the k-means++ draws.
+        seed: integer >= 0; each seeding takes its own stream of it.
         max_iter: Lloyd iterations at most (they stop when no label changes).
         n_init: independent seedings; the clustering of lowest cost is kept (one seeding can merge two
             well-separated groups and split a third).
@@ -109,20 +144,32 @@ def kmeans(embeddings: Any, k: int, *, seed: int = 0, max_iter: int = 50, n_init
         Arthur, Vassilvitskii, "k-means++: The Advantages of Careful Seeding", doi:10.5555/1283383.1283494, 2007.
     """
     e = _check_embeddings(embeddings)
-    n = e.shape[0]
+    k = _check_k(k, e.shape[0])
+    seed = _check_int("seed", seed, 0)
+    return _kmeans(e, k, np.random.SeedSequence(seed), _check_int("max_iter", max_iter, 1),
+                   _check_int("n_init", n_init, 1), quiet)
+
+
+def _check_k(k: Any, n: int) -> int:
     k = _check_int("k", k, 1)
     if k > n:
         raise ConfigError(f"k={k} clusters need at least as many rows, got {n}; lower k")
-    max_iter = _check_int("max_iter", max_iter, 1)
-    n_init = _check_int("n_init", n_init, 1)
+    return k
+
+
+def _kmeans(e: np.ndarray, k: int, seeds: np.random.SeedSequence, max_iter: int, n_init: int,
+            quiet: bool | None) -> tuple[np.ndarray, np.ndarray]:
+    """Best of ``n_init`` seedings, each on its own child stream of ``seeds``, on standardised rows."""
+    x, mean, scale = _standardised(e)
     best: tuple[float, np.ndarray, np.ndarray] | None = None
+    streams = seeds.spawn(n_init)
     for attempt in progress(range(n_init), total=n_init, desc="k-means seedings", quiet=quiet):
-        centers, labels = _lloyd(e, k, np.random.default_rng([seed, attempt]), max_iter)
-        cost = float(np.sum((e - centers[labels]) ** 2))
+        centers, labels = _lloyd(x, k, np.random.default_rng(streams[attempt]), max_iter)
+        cost = float(np.sum((x - centers[labels]) ** 2))
         if best is None or cost < best[0]:
             best = (cost, centers, labels)
     assert best is not None
-    return best[1], best[2]
+    return best[1] * scale + mean, best[2]
 
 
 def _lloyd(e: np.ndarray, k: int, rng: np.random.Generator, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,20 +215,24 @@ def sensitivity_sample(embeddings: Any, k: int, m: int, *, z: float = 2.0, unifo
     .. math:: \hat L = \frac1n\Big[\sum_j |C_j|\,\ell(r_j)
               + \frac1m\sum_{i=1}^m \frac{\ell(s_i) - \ell(r_{c(s_i)})}{p(s_i)}\Big].
 
-    It is unbiased for any loss (every :math:`p(x) > 0`). When the loss is λ-Hölder in the embedding,
-    :math:`|\ell(x) - \ell(r_{c(x)})| \le \lambda 2^z \|e(x) - c(x)\|^z`, so every correction term is bounded by
-    :math:`\lambda 2^z \Phi / (1 - u)` and the error falls as :math:`\lambda\Phi / (n\sqrt m)`: the additive
-    :math:`\varepsilon\lambda\Phi_k` of the paper with :math:`m \approx 1/\varepsilon^2` draws. The uniform part
-    ``u`` bounds the terms for rows where the loss is not Hölder (mislabelled or atypical examples).
+    With ``m >= 1`` it is unbiased for any loss (every :math:`p(x) > 0`, and the draws use a random stream of
+    their own, independent of the clustering); with ``m = 0`` it is the representatives' weighted sum. If the loss
+    varies within a cluster by at most :math:`|\ell(x) - \ell(r_{c(x)})| \le \lambda \|e(x) - c(x)\|^z`,
+    every correction term is bounded by :math:`\lambda\Phi / (1 - u)` and the error falls as
+    :math:`\lambda\Phi / (n\sqrt m)`: the additive :math:`\varepsilon\lambda\Phi_k` of the paper with
+    :math:`m \approx 1/\varepsilon^2` draws. For ``z <= 1`` that condition follows from z-Hölder continuity with
+    constant :math:`\lambda / 2^z` (the representative is the member nearest the centre); for ``z = 2`` it is a
+    condition on the loss relative to the centre (a function Hölder of exponent above 1 is constant). The uniform
+    share ``u`` bounds the terms of rows where the condition fails (mislabelled or atypical examples).
 
     Args:
         embeddings: ``(n, d)`` array or tensor, one row per example, in a space where the loss varies smoothly.
         k: clusters (and representatives), ``1 <= k <= n``.
         m: sampled rows (with replacement), ``>= 0``; the error of the correction falls as ``1/sqrt(m)``.
-        z: exponent of the distance (2: the k-means cost), > 0.
+        z: exponent of the distance, in (0, 8] (2: the k-means cost; 1: the distance).
         uniform: the share ``u`` of uniform probability, in (0, 1] (1: uniform sampling around the
             representatives).
-        seed: seed of the k-means++ seeding and of the draws.
+        seed: integer >= 0; the k-means++ seedings and the draws take separate streams of it.
         max_iter: Lloyd iterations at most.
         quiet: hide the progress bar of the k-means (None: shown only on an interactive terminal).
 
@@ -190,7 +241,8 @@ def sensitivity_sample(embeddings: Any, k: int, m: int, *, z: float = 2.0, unifo
 
     Raises:
         DataError: embeddings that are not a finite ``(n, d)`` array.
-        ConfigError: ``k`` outside ``[1, n]``, ``m < 0``, ``z <= 0``, ``uniform`` outside (0, 1].
+        ConfigError: ``k`` outside ``[1, n]``, ``m < 0``, ``z`` outside (0, 8], ``uniform`` outside (0, 1], a
+            seed that is not an integer >= 0.
 
     Example:
         >>> import numpy as np
@@ -214,26 +266,23 @@ def sensitivity_sample(embeddings: Any, k: int, m: int, *, z: float = 2.0, unifo
     """
     e = _check_embeddings(embeddings)
     n = e.shape[0]
-    k = _check_int("k", k, 1)
+    k = _check_k(k, n)
     m = _check_int("m", m, 0)
-    if k > n:
-        raise ConfigError(f"k={k} clusters need at least as many rows, got {n}; lower k")
-    if isinstance(z, bool) or not isinstance(z, (int, float)) or not np.isfinite(z) or z <= 0:
-        raise ConfigError(f"z must be a finite number > 0 (2 is the k-means cost), got {z!r}")
-    if isinstance(uniform, bool) or not isinstance(uniform, (int, float)) or not 0.0 < uniform <= 1.0:
-        raise ConfigError(f"uniform must be a share in (0, 1] (0.5 mixes distance and uniform sampling evenly), "
-                          f"got {uniform!r}")
-    centers, labels = kmeans(e, k, seed=seed, max_iter=max_iter, quiet=quiet)
-    dist = np.sqrt(np.sum((e - centers[labels]) ** 2, axis=1))
+    seed = _check_int("seed", seed, 0)
+    z = _check_real("z", z, 0.0, 8.0, "2 weighs by the squared distance (the k-means cost), 1 by the distance")
+    uniform = _check_real("uniform", uniform, 0.0, 1.0, "0.5 mixes distance and uniform sampling evenly")
+    kmeans_seeds, draw_seeds = np.random.SeedSequence(seed).spawn(2)  # the draws never share a stream with k-means
+    centers, labels = _kmeans(e, k, kmeans_seeds, _check_int("max_iter", max_iter, 1), 4, quiet)
+    x, _, scale = _standardised(e)
+    dist = np.sqrt(np.sum((x - (centers[labels] - e.mean(axis=0)) / scale) ** 2, axis=1))  # standardised units
     reps = np.array([np.flatnonzero(labels == j)[np.argmin(dist[labels == j])] for j in range(k)])
     sens = dist**z
-    cost = float(sens.sum())
-    prob = (1.0 - uniform) * sens / cost + uniform / n if cost > 0 else np.full(n, 1.0 / n)
+    total = float(sens.sum())
+    prob = (1.0 - uniform) * sens / total + uniform / n if total > 0 else np.full(n, 1.0 / n)
     prob = prob / prob.sum()
-    draws = np.random.default_rng([seed, 1]).choice(n, size=m, p=prob) if m else np.empty(0, dtype=np.int64)
-    weights = _weights(labels, reps, prob, draws)
-    return LossSample(indices=np.concatenate([reps, draws]).astype(np.int64), weights=weights, labels=labels,
-                      centers=centers, cost=cost, probabilities=prob)
+    draws = np.random.default_rng(draw_seeds).choice(n, size=m, p=prob) if m else np.empty(0, dtype=np.int64)
+    return LossSample(indices=np.concatenate([reps, draws]).astype(np.int64), weights=_weights(labels, reps, prob, draws),
+                      labels=labels, centers=centers, cost=total * scale**z, probabilities=prob)
 
 
 def _weights(labels: np.ndarray, reps: np.ndarray, prob: np.ndarray, draws: np.ndarray) -> np.ndarray:
