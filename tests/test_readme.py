@@ -44,6 +44,16 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
         "loss_fn": lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1]),
         "batch": (x, y),
         "optimizer": torch.optim.SGD(model.parameters(), lr=0.1),
+        "teacher_logits": model(x).detach() + 0.1 * torch.randn(32, vocab),
+        "class_counts": [500, 300, 200, 120, 80, 50, 30, 20, 12, 8, 5],
+        "scores": torch.randn(4, 6),
+        "relevance": torch.randint(0, 4, (4, 6)).float(),
+        "mask": torch.ones(4, 6, dtype=torch.bool),
+        "forecasts": torch.randn(8, 24, 3),
+        "observed": torch.randn(8, 24),
+        "router_logits": torch.randn(64, 8, requires_grad=True),
+        "embeddings": torch.randn(200, 16),
+        "per_row_loss": torch.rand(200),
     }
     for block in python_blocks():
         exec(compile(block, "README.md", "exec"), namespace)
