@@ -34,15 +34,12 @@ from losslab.diagnostics import (
     spectral_density,
     tangent_alignment,
 )
-from tests.diagnostics.helpers import dense_hessian, dropout_net, mse, regression_batch
+from tests.diagnostics.helpers import ce, dense_hessian, dropout_net, mse, regression_batch
 
 X, Y = regression_batch()
 BATCHES = [(X[:8], Y[:8]), (X[8:], Y[8:])]
 LABELS = torch.tensor([0, 1] * 8)
 
-
-def ce(m, b):
-    return torch.nn.functional.cross_entropy(m(b[0]), b[1])
 
 
 def per_sample(m, b):

@@ -30,14 +30,11 @@ from losslab.diagnostics import (
     spectral_density,
     tangent_alignment,
 )
-from tests.diagnostics.helpers import assert_same_state, bn_net, mse, regression_batch, snapshot
+from tests.diagnostics.helpers import assert_same_state, bn_net, ce, mse, regression_batch, snapshot
 
 X, Y = regression_batch()
 LABELS = torch.tensor([0, 1] * 8)
 
-
-def ce(m, b):
-    return torch.nn.functional.cross_entropy(m(b[0]), b[1])
 
 
 def per_sample(m, b):

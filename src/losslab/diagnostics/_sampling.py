@@ -146,8 +146,10 @@ def kmeans(embeddings: Any, k: int, *, seed: int = 0, max_iter: int = 50, n_init
     e = _check_embeddings(embeddings)
     k = _check_k(k, e.shape[0])
     seed = _check_int("seed", seed, 0)
-    return _kmeans(e, k, np.random.SeedSequence(seed), _check_int("max_iter", max_iter, 1),
-                   _check_int("n_init", n_init, 1), quiet)
+    x, mean, scale = _standardised(e)
+    centers, labels = _kmeans(x, k, np.random.SeedSequence(seed), _check_int("max_iter", max_iter, 1),
+                              _check_int("n_init", n_init, 1), quiet)
+    return centers * scale + mean, labels
 
 
 def _check_k(k: Any, n: int) -> int:
@@ -157,10 +159,9 @@ def _check_k(k: Any, n: int) -> int:
     return k
 
 
-def _kmeans(e: np.ndarray, k: int, seeds: np.random.SeedSequence, max_iter: int, n_init: int,
+def _kmeans(x: np.ndarray, k: int, seeds: np.random.SeedSequence, max_iter: int, n_init: int,
             quiet: bool | None) -> tuple[np.ndarray, np.ndarray]:
-    """Best of ``n_init`` seedings, each on its own child stream of ``seeds``, on standardised rows."""
-    x, mean, scale = _standardised(e)
+    """Best of ``n_init`` seedings of standardised rows ``x``, each on its own child stream of ``seeds``."""
     best: tuple[float, np.ndarray, np.ndarray] | None = None
     streams = seeds.spawn(n_init)
     for attempt in progress(range(n_init), total=n_init, desc="k-means seedings", quiet=quiet):
@@ -169,7 +170,7 @@ def _kmeans(e: np.ndarray, k: int, seeds: np.random.SeedSequence, max_iter: int,
         if best is None or cost < best[0]:
             best = (cost, centers, labels)
     assert best is not None
-    return best[1] * scale + mean, best[2]
+    return best[1], best[2]
 
 
 def _lloyd(e: np.ndarray, k: int, rng: np.random.Generator, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
@@ -272,17 +273,18 @@ def sensitivity_sample(embeddings: Any, k: int, m: int, *, z: float = 2.0, unifo
     z = _check_real("z", z, 0.0, 8.0, "2 weighs by the squared distance (the k-means cost), 1 by the distance")
     uniform = _check_real("uniform", uniform, 0.0, 1.0, "0.5 mixes distance and uniform sampling evenly")
     kmeans_seeds, draw_seeds = np.random.SeedSequence(seed).spawn(2)  # the draws never share a stream with k-means
-    centers, labels = _kmeans(e, k, kmeans_seeds, _check_int("max_iter", max_iter, 1), 4, quiet)
-    x, _, scale = _standardised(e)
-    dist = np.sqrt(np.sum((x - (centers[labels] - e.mean(axis=0)) / scale) ** 2, axis=1))  # standardised units
-    reps = np.array([np.flatnonzero(labels == j)[np.argmin(dist[labels == j])] for j in range(k)])
+    x, mean, scale = _standardised(e)
+    centers, labels = _kmeans(x, k, kmeans_seeds, _check_int("max_iter", max_iter, 1), 4, quiet)
+    dist = np.sqrt(np.sum((x - centers[labels]) ** 2, axis=1))  # in standardised units; Φ is scaled back below
+    by_cluster = np.lexsort((dist, labels))  # by cluster, then by distance (ties: lower row first)
+    reps = by_cluster[np.searchsorted(labels[by_cluster], np.arange(k))]
     sens = dist**z
     total = float(sens.sum())
     prob = (1.0 - uniform) * sens / total + uniform / n if total > 0 else np.full(n, 1.0 / n)
     prob = prob / prob.sum()
     draws = np.random.default_rng(draw_seeds).choice(n, size=m, p=prob) if m else np.empty(0, dtype=np.int64)
     return LossSample(indices=np.concatenate([reps, draws]).astype(np.int64), weights=_weights(labels, reps, prob, draws),
-                      labels=labels, centers=centers, cost=total * scale**z, probabilities=prob)
+                      labels=labels, centers=centers * scale + mean, cost=total * scale**z, probabilities=prob)
 
 
 def _weights(labels: np.ndarray, reps: np.ndarray, prob: np.ndarray, draws: np.ndarray) -> np.ndarray:

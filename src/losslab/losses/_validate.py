@@ -105,27 +105,33 @@ def check_ignore_index(ignore_index: object, loss: str) -> int | None:
     return int(ignore_index)
 
 
+def logit_rows(x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+    """(M, C) rows with the classes last from (C,), (N, C) or (N, C, d1, ...), and the shape ``"none"`` restores."""
+    if x.dim() == 1:
+        return x.unsqueeze(0), ()
+    if x.dim() == 2:
+        return x, (x.shape[0],)
+    return x.movedim(1, -1).reshape(-1, x.shape[1]), (x.shape[0], *x.shape[2:])
+
+
 def flatten_logits(input: Tensor, target: object, loss: str) -> tuple[Tensor, object, tuple[int, ...]]:
     """Accept (N, C), (C,) with scalar target, or (N, C, d1, ...) with target (N, d1, ...) like F.cross_entropy.
 
     Returns logits of shape (M, C), the target flattened to (M,) and the shape that ``reduction="none"`` restores.
     """
+    rows, shape = logit_rows(input)
     if input.dim() == 1:
         if isinstance(target, Tensor) and target.dim() == 0:
-            return input.unsqueeze(0), target.reshape(1), ()
+            return rows, target.reshape(1), shape
         raise DataError(f"{loss}: a 1-D input (C,) needs a 0-D target, got target shape "
                         f"{tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__}")
     if input.dim() == 2:
-        return input, target, (input.shape[0],)
-    if not isinstance(target, Tensor) or tuple(target.shape) != (input.shape[0], *input.shape[2:]):
-        shape = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
-        raise DataError(
-            f"{loss}: input of shape {tuple(input.shape)} (N, C, d1, ...) needs a target of shape "
-            f"{(input.shape[0], *input.shape[2:])}, got {shape}"
-        )
-    c = input.shape[1]
-    flat = input.movedim(1, -1).reshape(-1, c)
-    return flat, target.reshape(-1), tuple(target.shape)
+        return rows, target, shape
+    if not isinstance(target, Tensor) or tuple(target.shape) != shape:
+        got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+        raise DataError(f"{loss}: input of shape {tuple(input.shape)} (N, C, d1, ...) needs a target of shape "
+                        f"{shape}, got {got}")
+    return rows, target.reshape(-1), shape
 
 
 def check_class_weight(weight: object, n_classes: int, loss: str) -> Tensor | None:

@@ -26,6 +26,7 @@ from losslab.losses._validate import (
     check_reduction,
     check_same_shape,
     compute_dtype,
+    logit_rows,
 )
 
 __all__ = ["dkd", "kd", "nkd"]
@@ -34,20 +35,11 @@ _TARGET_KIND = "teacher logits (same shape)"
 _TARGET_KIND_CLS = "teacher logits (same shape) + class index"
 
 
-def _flat(x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-    """(M, C) rows with the class dimension last, and the shape that ``reduction="none"`` restores."""
-    if x.dim() == 1:
-        return x.unsqueeze(0), ()
-    if x.dim() == 2:
-        return x, (x.shape[0],)
-    return x.movedim(1, -1).reshape(-1, x.shape[1]), (x.shape[0], *x.shape[2:])
-
-
 def _teacher(teacher: object, input: Tensor, dtype: torch.dtype, loss: str) -> Tensor:
     """Validated teacher logits flattened like the student's, detached, in the student's compute dtype."""
     t = check_float("teacher", teacher, loss)
     check_same_shape("input", input, "teacher", t, loss)
-    return _flat(t.detach())[0].to(dtype)
+    return logit_rows(t.detach())[0].to(dtype)
 
 
 def _pair(input: object, teacher: object, loss: str, reduction: str) -> tuple[Tensor, Tensor, tuple[int, ...]]:
@@ -56,7 +48,7 @@ def _pair(input: object, teacher: object, loss: str, reduction: str) -> tuple[Te
     x = check_float("input", input, loss)
     if x.shape[0 if x.dim() == 1 else 1] < 1:
         raise_few_classes(loss, 0, 1)
-    s, shape = _flat(x)
+    s, shape = logit_rows(x)
     dtype = compute_dtype(s)
     return s.to(dtype), _teacher(teacher, x, dtype, loss), shape
 

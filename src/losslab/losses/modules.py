@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from losslab._buffers import keep_buffer_dtypes
 from losslab._errors import ConfigError, DataError
 from losslab.losses._catalogue import registry
 
@@ -114,12 +115,8 @@ class _LossModule(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         # tensor options (class counts, class weights, quantile levels) and state tables follow device moves but
         # keep their dtype: .half() or a bf16-true trainer would otherwise round counts (5000 -> 4992 in bf16)
-        before = {key: self._buffers[key] for key in [*self._buffers_names, *self._state_buffers]}
-        super()._apply(fn, recurse)
-        for key, old in before.items():
-            new = self._buffers[key]
-            if old is not None and new is not None and new.dtype != old.dtype:
-                self._buffers[key] = old.to(device=new.device)
+        keep_buffer_dtypes(self, [*self._buffers_names, *self._state_buffers],
+                           lambda: super(_LossModule, self)._apply(fn, recurse))
         return self
 
     def extra_repr(self) -> str:

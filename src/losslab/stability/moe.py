@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from losslab._buffers import keep_buffer_dtypes
 from losslab._errors import ConfigError, DataError
 
 __all__ = ["AuxLossFreeRouter", "aux_free_bias_update", "max_violation"]
@@ -139,12 +140,7 @@ class AuxLossFreeRouter(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> AuxLossFreeRouter:
         # .to(dtype)/.half()/.bfloat16() cast the gate only: the bias stays float32 (a +-u step of 1e-3 is lost or
         # rounded one-sided in 16-bit) and the load int64 (counts overflow float16 at 65504); device moves apply.
-        before = {name: self._buffers[name] for name in ("expert_bias", "load")}
-        super()._apply(fn, recurse)
-        for name, old in before.items():
-            new = self._buffers[name]
-            if old is not None and new is not None and new.dtype != old.dtype:
-                self._buffers[name] = old.to(device=new.device)
+        keep_buffer_dtypes(self, ("expert_bias", "load"), lambda: super(AuxLossFreeRouter, self)._apply(fn, recurse))
         return self
 
     @torch.no_grad()
