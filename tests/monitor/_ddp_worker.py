@@ -65,6 +65,18 @@ def main(out: Path) -> None:
                          "expected_per_param": per_param,
                          "got_per_param": {n: sharded.history[f"grad_norm/{n}"][-1] for n in per_param},
                          "loss": sharded.history["loss"][-1]}
+    # 2a. Non-finite gradients in shards of the same parameter on both ranks count once (ZeRO / FSDP-1 flat
+    # shards); NaN in a different parameter on each rank counts twice
+    counts = []
+    for where in ((0, 0), (0, 2)):
+        torch.manual_seed(1)
+        net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        watcher = TrainingMonitor(net, grads_synchronized=False, detectors={})
+        net(x).pow(2).sum().backward()
+        list(net.parameters())[where[rank]].grad[0].fill_(float("nan"))
+        watcher.step(loss=1.0)
+        counts.append(watcher.history["nonfinite_grads"][-1])
+    result["sharded_nonfinite"] = counts
     # 2b. Sharded clipping where rank 1 holds no gradient at all: it still joins the sum (no hang), and both
     # ranks return the global norm
     torch.manual_seed(1)

@@ -171,15 +171,16 @@ class MonitorMeasure:
     def _grad_piece(self) -> dict[str, Any] | None:
         """Squared gradient norms per layer (plain and DTensor parts), non-finite counts and present layers."""
         assert self._params is not None
-        grads, groups, weights = [], [], []
+        grads, groups, weights, where = [], [], [], []
         present = [False] * len(self._layers)
-        for p, g in zip(self._params, self._group_of):
+        for i, (p, g) in enumerate(zip(self._params, self._group_of)):
             if p.grad is None or p.grad.is_sparse:
                 continue
             local, weight = local_part(p.grad.detach())
             grads.append(local)
             groups.append(g)
             weights.append(weight)
+            where.append(i)
             present[g] = True
             self._shown[g] = True
         if not grads:
@@ -187,8 +188,16 @@ class MonitorMeasure:
         per_group, sharded, per_tensor, sharded_tensor = self._sq_norms(grads, groups, weights)
         # NaN/inf entries make the norm NaN/inf; norms are accumulated in float32 (float64), so float16 gradients
         # cannot overflow; a float32 tensor counts only if its norm exceeds 1.8e19 (its square, float32's max)
+        bad = ~torch.isfinite(per_tensor)
         piece: dict[str, Any] = {"plain": per_group, "present": present,
-                                 "nonfinite": (~torch.isfinite(per_tensor)).sum().to(per_group.dtype).reshape(1)}
+                                 "nonfinite": bad.sum().to(per_group.dtype).reshape(1)}
+        if not self.grads_synchronized and dist_info(self.process_group)[1] > 1:
+            # shards of one parameter on several ranks (ZeRO, FSDP-1 flat parameters): one flag per parameter,
+            # maxed over the ranks, so a tensor counts once however many of its shards hold a NaN
+            plain_at = [i for i, w in zip(where, weights) if w is None]
+            flags = torch.zeros(len(self._params), dtype=per_group.dtype, device=per_group.device)
+            flags[torch.tensor(plain_at, dtype=torch.long).to(flags.device)] = bad.to(flags.dtype)
+            piece["nonfinite_flags"] = flags
         if sharded is not None and sharded_tensor is not None:
             piece["sharded"] = sharded
             # one flag per DTensor, maxed over the ranks: a tensor counts once, in one piece or in all of them
@@ -226,7 +235,11 @@ class MonitorMeasure:
                 if grads is not None:
                     present = grads["present"]
                     add([f"gsq/{name}" for name in self._layers], grads["plain"], PARAM)
-                    add(["nonfinite_grads"], grads["nonfinite"], PARAM)
+                    if "nonfinite_flags" in grads:
+                        flags = grads["nonfinite_flags"]
+                        add([f"nonfinite_param/{i}" for i in range(len(flags))], flags, MAX)
+                    else:
+                        add(["nonfinite_grads"], grads["nonfinite"], PARAM)
                     if "sharded" in grads:
                         add([f"gsq~/{name}" for name in self._layers], grads["sharded"], SHARD)
                         flags = grads["sharded_nonfinite"]
@@ -339,8 +352,8 @@ class MonitorMeasure:
                 for n, ok, shown in zip(layers, present, self._shown):
                     if shown:
                         row[f"grad_norm/{n}"] = math.sqrt(raw[f"gsq/{n}"]) if ok else None
-            row["nonfinite_grads"] = raw["nonfinite_grads"] + math.fsum(
-                v for k, v in raw.items() if k.startswith("nonfinite_dtensor/"))
+            row["nonfinite_grads"] = raw.get("nonfinite_grads", 0.0) + math.fsum(
+                v for k, v in raw.items() if k.startswith(("nonfinite_dtensor/", "nonfinite_param/")))
         if layers and f"usq/{layers[0]}" in raw:
             row["update_ratio"] = safe_ratio(math.fsum(raw[f"usq/{n}"] for n in layers),
                                              math.fsum(raw[f"psq/{n}"] for n in layers))
