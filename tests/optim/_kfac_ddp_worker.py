@@ -105,6 +105,35 @@ def layer_on_some_ranks(rank: int, world: int) -> None:
     same_on_every_rank([t for f in got.values() for t in (f["A"], f["G"])], "factors of a layer run on one rank")
 
 
+def unequal_batches(rank: int, world: int) -> None:
+    """Rank 0 sees 7 examples, rank 1 sees 2 (sequences of 3 and 5 tokens): the factors must be those of one
+    process on the concatenated examples, rows weighted by their count, not each rank's mean weighted equally."""
+    ddp, reference = DDP(Branchy(), find_unused_parameters=True), Branchy()
+    kfac = KFAC(ddp, factor_decay=0.5, kl_clip=None)
+
+    def data(r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(50 + r)
+        n, t = (7, 3) if r == 0 else (2, 5)
+        return torch.randn(n, t, 3, generator=g, dtype=torch.float64), torch.randn(n, t, 2, generator=g,
+                                                                                   dtype=torch.float64)
+
+    x, y = data(rank)
+    nn.functional.mse_loss(ddp(x, False)[0], y, reduction="none").sum((1, 2)).mean().backward()
+    kfac.step()
+    # by hand: the rows of every rank pooled; each example's own loss has gradient 2 (out - y) per token
+    xs, ys = zip(*(data(r) for r in range(world)))
+    rows_x = torch.cat([t.reshape(-1, 3) for t in xs])
+    rows_x = torch.cat([rows_x, rows_x.new_ones(rows_x.shape[0], 1)], dim=1)
+    want_a = 0.5 * torch.eye(4, dtype=torch.float64) + 0.5 * rows_x.t() @ rows_x / rows_x.shape[0]
+    grads = [2 * (reference.body(xr) - yr).detach() for xr, yr in zip(xs, ys)]  # per-example d loss_i / d out
+    rows_g = torch.cat([g.reshape(-1, 2) for g in grads])
+    want_g = 0.5 * torch.eye(2, dtype=torch.float64) + 0.5 * rows_g.t() @ rows_g / sum(g.shape[0] for g in grads)
+    got = kfac.factors()["body"]
+    diff = max(float((got["A"] - want_a).abs().max()), float((got["G"] - want_g).abs().max()))
+    if not diff < 1e-12:
+        fail(f"unequal batches: factors differ from the pooled examples by {diff:.3g}")
+
+
 def main() -> None:
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
@@ -127,6 +156,7 @@ def main() -> None:
     same_on_every_rank(list(ddp.parameters()), "parameters")
     same_on_every_rank(factors, "factors")
     layer_on_some_ranks(rank, world)
+    unequal_batches(rank, world)
 
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard

@@ -151,6 +151,8 @@ class LayerState:
         self.g_sum: torch.Tensor | None = None
         self.a_calls = 0
         self.g_calls = 0
+        self.a_rows = 0  # input rows and examples seen since the last step: a rank's weight in the average
+        self.g_examples = 0
 
     def add_input(self, x: torch.Tensor) -> None:
         """Accumulate ``A`` of one call of the layer."""
@@ -158,6 +160,7 @@ class LayerState:
         a = covariance(rows, max(rows.shape[0], 1))
         self.a_sum = a if self.a_sum is None else self.a_sum + a
         self.a_calls += 1
+        self.a_rows += rows.shape[0]
 
     def add_output_grad(self, g: torch.Tensor, scale_of: Callable[[int], float]) -> None:
         """Accumulate ``G`` of one call from the gradient w.r.t. the layer's output, rows times
@@ -169,6 +172,7 @@ class LayerState:
         c = covariance(rows, max(examples, 1))
         self.g_sum = c if self.g_sum is None else self.g_sum + c
         self.g_calls += 1
+        self.g_examples += examples
 
     def batch_means(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``A`` and ``G`` of this step's batch, averaged over the calls (``None`` where the layer was not run)."""
@@ -226,6 +230,10 @@ def running_average(old: torch.Tensor | None, new: torch.Tensor, decay: float) -
 def all_reduce_means(layers: Mapping[str, LayerState], means: BatchFactors, group: Any) -> BatchFactors:
     """Average each layer's batch factors over the ranks that ran it (one all-reduce of one float64 buffer).
 
+    Each rank weighs by what it saw this step: its input rows for ``A`` (tokens or positions count, not only
+    examples) and its examples for ``G``, so ranks with unequal batches (an uneven last batch, ``Join``) pool
+    exactly as one process on the concatenated batch would.
+
     Every rank must call this on a factor step, with the same layers; without an initialised process group of more
     than one rank it returns ``means`` as they are.
     """
@@ -233,16 +241,17 @@ def all_reduce_means(layers: Mapping[str, LayerState], means: BatchFactors, grou
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
         return dict(means)
     device = next(iter(layers.values())).weight.device
-    pieces, flags = [], []
+    pieces, weights = [], []
     for name, (a, g) in means.items():
         s = layers[name]
-        for t, dim in ((a, s.a_dim), (g, s.g_dim)):
+        for t, dim, seen in ((a, s.a_dim, s.a_rows), (g, s.g_dim, s.g_examples)):
+            weight = 0.0 if t is None else float(max(seen, 1))
             pieces.append(torch.zeros(dim * dim, dtype=torch.float64, device=device) if t is None
-                          else t.reshape(-1).to(device=device, dtype=torch.float64))
-            flags.append(0.0 if t is None else 1.0)  # whether this rank ran the layer
-    buf = torch.cat([*pieces, torch.tensor(flags, dtype=torch.float64, device=device)])
+                          else t.reshape(-1).to(device=device, dtype=torch.float64) * weight)
+            weights.append(weight)  # 0 where this rank did not run the layer
+    buf = torch.cat([*pieces, torch.tensor(weights, dtype=torch.float64, device=device)])
     dist.all_reduce(buf, group=group)
-    counts = buf[-len(flags):].tolist()
+    totals = buf[-len(weights):].tolist()
     out: BatchFactors = {}
     offset = 0
     for i, name in enumerate(means):
@@ -251,7 +260,7 @@ def all_reduce_means(layers: Mapping[str, LayerState], means: BatchFactors, grou
         for j, dim in enumerate((s.a_dim, s.g_dim)):
             chunk = buf[offset: offset + dim * dim]
             offset += dim * dim
-            n = counts[2 * i + j]
+            n = totals[2 * i + j]
             pair.append(None if n == 0 else (chunk / n).reshape(dim, dim).to(device=s.weight.device,
                                                                              dtype=s.factor_dtype))
         out[name] = (pair[0], pair[1])
