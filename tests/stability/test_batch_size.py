@@ -116,6 +116,17 @@ def test_float32_close_to_float64():
                                rtol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [1e-25, 1e25])
+def test_float32_gradients_of_extreme_size_neither_underflow_nor_overflow(scale):
+    # squares of 1e-25 underflow float32 (1e-50) and squares of 1e25 overflow it: the statistics are
+    # scale-free, so they must match the unscaled gradients'
+    g32 = random_grads(16, dtype=torch.float32)
+    for per_tensor in (True, False):
+        base = batch_size_test(g32, "ip+orth", per_tensor=per_tensor)
+        far = batch_size_test({k: v * scale for k, v in g32.items()}, "ip+orth", per_tensor=per_tensor)
+        np.testing.assert_allclose([far.norm_statistic, far.ip_statistic, far.orth_statistic],
+                                   [base.norm_statistic, base.ip_statistic, base.orth_statistic], rtol=1e-4)
+        assert far.var_norm == pytest.approx(base.var_norm * scale**2, rel=1e-4)
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_is_read_in_float32(dtype):

@@ -124,9 +124,15 @@ def _moments(flat: list[torch.Tensor], per_tensor: bool, group: Any) -> tuple[in
     dots = torch.zeros_like(row_sq)  # <d_i, g_bar>
     ss_ip_per_tensor = zero
     for f, w, m, nsq in zip(flat, work, means, norms_sq):
-        d = f.to(w) - m
-        rows = torch.linalg.vector_norm(d, dim=1).double().square()
-        c = (d @ m).double()
+        # products in the working dtype are taken on a copy scaled by a power of two near the largest entry
+        # (exact), so gradients of 1e-25 (or 1e25) neither underflow (overflow) when squared; the scale comes
+        # back in float64. A zero tensor has exponent 0: scale 1.
+        scale = torch.ldexp(torch.ones((), dtype=torch.float64, device=device),
+                            torch.frexp(f.abs().amax().to(torch.float64))[1])
+        unit = scale.to(w)
+        d = (f.to(w) - m) / unit
+        rows = torch.linalg.vector_norm(d, dim=1).double().square() * scale.square()
+        c = (d @ (m / unit)).double() * scale.square()
         row_sq += rows
         dots += c
         ss_ip_per_tensor = ss_ip_per_tensor + c.square().sum()
