@@ -314,3 +314,17 @@ SPECS.update({
     "ipcw_loss": Spec(make=_ipcw, class_target_arg=None, logit_arg=None, plain_mean=False),
     "aggregate_loss": Spec(make=_aggregate, class_target_arg=None, logit_arg=None),
 })
+
+
+# cascade ranking (cascade_ranking.py): stage scores (S, B, n), ground-truth order (B, n), padding mask
+def _cascade(dtype, gen):
+    x = (torch.randn(2, 4, 8, generator=gen, dtype=torch.float64) * 2).to(dtype)
+    y = torch.randint(0, 5, (4, 8), generator=gen).to(torch.float64)  # ties included
+    mask = torch.rand(4, 8, generator=gen) > 0.25
+    mask[:, 2:6] = True  # ≥ 4 real items per query: the single-stage terms (m > top_k) are active
+    mask[1, 0] = False  # padding at the front of a query too
+    return [x, y, mask], {"top_k": 3, "tau": 2.0}
+
+
+SPECS["lcron"] = Spec(make=_cascade, class_target_arg=None)
+DETACHED_BY_DESIGN.add("lcron")  # h = P_top / (sg[column sum of P] + 1e-6): the authors' detached normaliser

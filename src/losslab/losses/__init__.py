@@ -19,6 +19,7 @@ from typing import Any
 
 from losslab.losses._catalogue import LossInfo, registry
 from losslab.losses.adversarial import score
+from losslab.losses.cascade_ranking import lcron_loss
 from losslab.losses.censored_aggregate import aggregate_loss, ipcw_loss, ipcw_weights, kaplan_meier
 from losslab.losses.classification import cross_entropy, focal, sigmoid_focal, softcap, squentropy
 from losslab.losses.conformal import r2ccp_intervals, r2ccp_threshold
@@ -105,7 +106,7 @@ from losslab.losses.modules import (
     StableMaxCrossEntropyLoss,
     USKDLoss,
 )
-from losslab.losses.modules_extra import AggregateLoss, IPCWLoss, MTPLoss
+from losslab.losses.modules_extra import AggregateLoss, IPCWLoss, LCRONLoss, MTPLoss
 from losslab.losses.multi_token import main_and_mtp_loss, mtp_loss
 from losslab.losses.overlap import anyloss, dice
 from losslab.losses.poly import poly1_cross_entropy, poly1_focal, poly_cross_entropy
@@ -155,6 +156,7 @@ __all__ = [
     "HuberLoss",
     "IPCWLoss",
     "KDLoss",
+    "LCRONLoss",
     "LDAMLoss",
     "LDRKLLoss",
     "LinearCrossEntropyLoss",
@@ -225,6 +227,7 @@ __all__ = [
     "ipcw_weights",
     "kaplan_meier",
     "kd",
+    "lcron_loss",
     "ldam",
     "ldr_kl",
     "linear_cross_entropy",
