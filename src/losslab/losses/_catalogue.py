@@ -23,7 +23,7 @@ class LossInfo(Info):
             or "hidden_states" (last hidden layer, with the output projection weight passed separately).
         target_kind: what the target holds, e.g. "class index", "binary", "multi-hot", "token id".
         dtypes: floating dtypes accepted for the input (half precision is computed in float32).
-        module: name of the ``nn.Module`` wrapper in :mod:`losslab.losses.modules`.
+        module: name of the ``nn.Module`` wrapper, exported by :mod:`losslab.losses`.
         family: the source file's family ("classification", "llm", "robust", "metric", "stochastic").
     """
 

@@ -1,139 +1,53 @@
-"""``nn.Module`` forms of the functional losses, one thin class per registry entry.
+"""``nn.Module`` forms of the classification, LLM, imbalance and distillation losses, one thin class per entry.
 
-Each class stores the keyword options of its function (validated by calling signature binding at construction) and
-forwards the positional inputs: ``CrossEntropyLoss(z_loss=1e-4)(logits, target)`` equals
-``cross_entropy(logits, target, z_loss=1e-4)``. Tensor options (class weights, token maps) are registered as
-buffers so that ``.to(device)`` moves them.
+``CrossEntropyLoss(z_loss=1e-4)(logits, target)`` equals ``cross_entropy(logits, target, z_loss=1e-4)``; the shared
+behaviour (options checked at construction, tensor options as buffers) is in ``losses/_module_base.py``. The
+ranking, regression and remaining wrappers are in :mod:`losslab.losses.modules_regression` and
+:mod:`losslab.losses.modules_extra`.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from losslab._buffers import keep_buffer_dtypes
 from losslab._errors import ConfigError, DataError
-from losslab.losses._catalogue import registry
+from losslab.losses._module_base import _LossModule, _make_doc
 
 __all__ = [
     "ALDRKLLoss",
     "AdversarialCompSumLoss",
     "AlphaDivergenceLoss",
-    "AnyLoss",
-    "ApproxNDCGLoss",
     "BalancedSoftmaxLoss",
     "BinaryKLNormLoss",
     "CompSumLoss",
     "CrossEntropyLoss",
     "DKDLoss",
     "DecoupledSoftmaxLoss",
-    "DiceLoss",
     "EnsLoss",
     "FocalLoss",
-    "GMADLLoss",
     "GeneralizedCrossEntropyLoss",
-    "HLGaussLoss",
-    "HuberLoss",
     "KDLoss",
     "LDAMLoss",
     "LDRKLLoss",
     "LinearCrossEntropyLoss",
-    "ListMLELoss",
-    "ListNetLoss",
-    "LogCoshLoss",
     "LogitAdjustedCrossEntropyLoss",
-    "MADLLoss",
-    "MAELoss",
-    "MAPELoss",
-    "MSELoss",
-    "MSLELoss",
-    "MeanBiasErrorLoss",
-    "NDLoss",
     "NKDLoss",
-    "NRMSELoss",
     "NTLMSELoss",
     "NTLWassersteinLoss",
-    "NeuralNDCGLoss",
     "OKOLoss",
     "Poly1CrossEntropyLoss",
     "Poly1FocalLoss",
     "PolyCrossEntropyLoss",
-    "QuantileLoss",
-    "R2CCPLoss",
-    "RMSLELoss",
-    "RRMSELoss",
-    "RankNetLoss",
-    "RegClsLoss",
-    "RelativeAbsoluteErrorLoss",
-    "RelativeSquaredErrorLoss",
-    "SCORELoss",
     "SFaceLoss",
-    "SRLLoss",
     "SigmoidFocalLoss",
     "SoftmaxMAELoss",
     "SphericalZLoss",
     "SquentropyLoss",
     "StableMaxCrossEntropyLoss",
-    "USKDLoss",
 ]
-
-
-class _LossModule(nn.Module):
-    """Base: holds the keyword options of the registered function ``loss_name``."""
-
-    loss_name = ""
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__()
-        fn = registry.get(self.loss_name)
-        params = inspect.signature(fn).parameters
-        allowed = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise ConfigError(f"{type(self).__name__}: unknown option(s) {unknown}; accepted: {allowed}")
-        self._fn = fn
-        self._call_args = [n for n, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
-        self._plain: dict[str, Any] = {}
-        self._buffers_names: list[str] = []
-        self._state_buffers: list[str] = []
-        for key, value in options.items():
-            if isinstance(value, Tensor):
-                self.register_buffer(key, value)
-                self._buffers_names.append(key)
-            else:
-                self._plain[key] = value
-
-    def _options(self, call_args: dict[str, Any]) -> dict[str, Any]:
-        """The stored options plus the per-call arguments (the function's non-keyword-only parameters)."""
-        unknown = sorted(set(call_args) - set(self._call_args))
-        if unknown:
-            raise ConfigError(f"{type(self).__name__}: {unknown} cannot be passed per call (options go to the "
-                              f"constructor); per-call arguments: {self._call_args}")
-        options = dict(self._plain)
-        for key in self._buffers_names:
-            options[key] = getattr(self, key)
-        return {**call_args, **options}
-
-    def forward(self, *inputs: Tensor, **call_args: Any) -> Any:
-        return self._fn(*inputs, **self._options(call_args))
-
-    def _apply(self, fn: Any, recurse: bool = True) -> Any:
-        # tensor options (class counts, class weights, quantile levels) and state tables follow device moves but
-        # keep their dtype: .half() or a bf16-true trainer would otherwise round counts (5000 -> 4992 in bf16)
-        keep_buffer_dtypes(self, [*self._buffers_names, *self._state_buffers],
-                           lambda: super(_LossModule, self)._apply(fn, recurse))
-        return self
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self._plain.items())
-
-
-def _make_doc(cls_name: str, loss: str) -> str:
-    return (f"Module form of :func:`losslab.losses.{loss}`: ``{cls_name}(**options)(*inputs)`` equals "
-            f"``{loss}(*inputs, **options)``; tensor options become buffers that follow device moves and keep their dtype.")
 
 
 class CrossEntropyLoss(_LossModule):
@@ -344,149 +258,3 @@ class BinaryKLNormLoss(_LossModule):
 class AlphaDivergenceLoss(_LossModule):
     __doc__ = _make_doc("AlphaDivergenceLoss", "alpha_divergence")
     loss_name = "alpha_divergence"
-# ranking (losses/ranking.py): forward(scores, labels, mask=None)
-class NeuralNDCGLoss(_LossModule):
-    __doc__ = _make_doc("NeuralNDCGLoss", "neural_ndcg")
-    loss_name = "neural_ndcg"
-
-
-class ApproxNDCGLoss(_LossModule):
-    __doc__ = _make_doc("ApproxNDCGLoss", "approx_ndcg")
-    loss_name = "approx_ndcg"
-
-
-class ListNetLoss(_LossModule):
-    __doc__ = _make_doc("ListNetLoss", "listnet")
-    loss_name = "listnet"
-
-
-class ListMLELoss(_LossModule):
-    __doc__ = _make_doc("ListMLELoss", "listmle")
-    loss_name = "listmle"
-
-
-class RankNetLoss(_LossModule):
-    __doc__ = _make_doc("RankNetLoss", "ranknet")
-    loss_name = "ranknet"
-# regression family (regression.py, forecasting.py, histogram.py)
-class MAELoss(_LossModule):
-    __doc__ = _make_doc("MAELoss", "mae")
-    loss_name = "mae"
-
-
-class MSELoss(_LossModule):
-    __doc__ = _make_doc("MSELoss", "mse")
-    loss_name = "mse"
-
-
-class HuberLoss(_LossModule):
-    __doc__ = _make_doc("HuberLoss", "huber")
-    loss_name = "huber"
-
-
-class LogCoshLoss(_LossModule):
-    __doc__ = _make_doc("LogCoshLoss", "log_cosh")
-    loss_name = "log_cosh"
-
-
-class MSLELoss(_LossModule):
-    __doc__ = _make_doc("MSLELoss", "msle")
-    loss_name = "msle"
-
-
-class MAPELoss(_LossModule):
-    __doc__ = _make_doc("MAPELoss", "mape")
-    loss_name = "mape"
-
-
-class MeanBiasErrorLoss(_LossModule):
-    __doc__ = _make_doc("MeanBiasErrorLoss", "mean_bias_error")
-    loss_name = "mean_bias_error"
-
-
-class QuantileLoss(_LossModule):
-    __doc__ = _make_doc("QuantileLoss", "quantile")
-    loss_name = "quantile"
-
-
-class RMSLELoss(_LossModule):
-    __doc__ = _make_doc("RMSLELoss", "rmsle")
-    loss_name = "rmsle"
-
-
-class RelativeAbsoluteErrorLoss(_LossModule):
-    __doc__ = _make_doc("RelativeAbsoluteErrorLoss", "relative_absolute_error")
-    loss_name = "relative_absolute_error"
-
-
-class RelativeSquaredErrorLoss(_LossModule):
-    __doc__ = _make_doc("RelativeSquaredErrorLoss", "relative_squared_error")
-    loss_name = "relative_squared_error"
-
-
-class NRMSELoss(_LossModule):
-    __doc__ = _make_doc("NRMSELoss", "nrmse")
-    loss_name = "nrmse"
-
-
-class RRMSELoss(_LossModule):
-    __doc__ = _make_doc("RRMSELoss", "rrmse")
-    loss_name = "rrmse"
-
-
-class MADLLoss(_LossModule):
-    __doc__ = _make_doc("MADLLoss", "madl")
-    loss_name = "madl"
-
-
-class GMADLLoss(_LossModule):
-    __doc__ = _make_doc("GMADLLoss", "gmadl")
-    loss_name = "gmadl"
-
-
-class HLGaussLoss(_LossModule):
-    __doc__ = _make_doc("HLGaussLoss", "hl_gauss")
-    loss_name = "hl_gauss"
-
-
-# overlap, adversarial and feature/self distillation (overlap.py, adversarial.py, self_distillation.py,
-# feature_distillation.py)
-class DiceLoss(_LossModule):
-    __doc__ = _make_doc("DiceLoss", "dice")
-    loss_name = "dice"
-
-
-class AnyLoss(_LossModule):
-    __doc__ = _make_doc("AnyLoss", "anyloss")
-    loss_name = "anyloss"
-
-
-class SCORELoss(_LossModule):
-    __doc__ = _make_doc("SCORELoss", "score")
-    loss_name = "score"
-
-
-class USKDLoss(_LossModule):
-    __doc__ = _make_doc("USKDLoss", "uskd")
-    loss_name = "uskd"
-
-
-class NDLoss(_LossModule):
-    __doc__ = _make_doc("NDLoss", "nd")
-    loss_name = "nd"
-
-
-# regression as classification, imbalanced regression (regression_classification.py, imbalanced_regression.py)
-class R2CCPLoss(_LossModule):
-    __doc__ = _make_doc("R2CCPLoss", "r2ccp")
-    loss_name = "r2ccp"
-
-
-class RegClsLoss(_LossModule):
-    __doc__ = _make_doc("RegClsLoss", "reg_cls")
-    loss_name = "reg_cls"
-
-
-class SRLLoss(_LossModule):
-    __doc__ = _make_doc("SRLLoss", "srl")
-    loss_name = "srl"

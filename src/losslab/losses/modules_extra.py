@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from losslab._errors import ConfigError
-from losslab.losses.modules import _LossModule, _make_doc
+from losslab.losses._module_base import _LossModule, _make_doc
 
 __all__ = ["AggregateLoss", "IPCWLoss", "LCRONLoss", "MTPLoss"]
 
