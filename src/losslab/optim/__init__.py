@@ -7,6 +7,7 @@ can be built by name with :func:`create`. :func:`schedule_scheduler` drives any 
 
 from losslab.optim._catalogue import OptimizerInfo, create, registry, schedule_scheduler
 from losslab.optim.adamp import SGDP, AdamP
+from losslab.optim.averaging import WeightAverage
 from losslab.optim.diffgrad import DiffGrad
 from losslab.optim.dot import DOT
 from losslab.optim.fira import Fira
@@ -17,6 +18,7 @@ from losslab.optim.momo import MoMo, MoMoAdam
 from losslab.optim.orthograd import OrthoGrad, orthogonalize_
 from losslab.optim.sam import SAM
 from losslab.optim.scale import SCALE, scale_param_groups
+from losslab.optim.scaling_rules import batch_scaled_lr, top_singular_values, width_scaled_param_groups
 from losslab.optim.sgd_sai import SGDSaI
 from losslab.optim.spam import SPAM
 
@@ -38,9 +40,13 @@ __all__ = [
     "SGDP",
     "SGDSaI",
     "SPAM",
+    "WeightAverage",
+    "batch_scaled_lr",
     "create",
     "orthogonalize_",
     "registry",
     "scale_param_groups",
     "schedule_scheduler",
+    "top_singular_values",
+    "width_scaled_param_groups",
 ]
