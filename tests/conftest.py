@@ -47,5 +47,17 @@ def run_torchrun(*args: str, nproc: int = 2, timeout: float = 300) -> subprocess
 
 
 @pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: small matrices gain nothing from threads, and on a busy runner threaded ops
+    slow down many times over. The previous thread count is restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def cli():
     return run_cli

@@ -333,15 +333,6 @@ def train_hidden_top_sv(width: int, rule: str, seed: int, steps: int = 1000, bas
     return sum(seen) / len(seen)
 
 
-@pytest.fixture
-def one_thread():
-    """These matrices are too small to gain from threads, and busy runners slow threaded ops down many times over."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_robust_rule_keeps_the_top_singular_value_closer_to_width_invariant_than_mup(seed, one_thread):

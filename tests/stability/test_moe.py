@@ -90,14 +90,6 @@ def _train_tiny_moe(update_bias: bool, steps=200):
     return sum(vios) / len(vios), total
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow
 def test_tiny_moe_balances_without_auxiliary_loss(one_thread):
     """Same data, seed and model, no auxiliary loss: only the bias update differs. Loads over the last 50 steps."""
