@@ -328,3 +328,22 @@ def _cascade(dtype, gen):
 
 SPECS["lcron"] = Spec(make=_cascade, class_target_arg=None)
 DETACHED_BY_DESIGN.add("lcron")  # h = P_top / (sg[column sum of P] + 1e-6): the authors' detached normaliser
+
+
+# LegendreTron (legendretron.py): inner-model outputs (N, C − 1), class index in [0, C − 1] and the learned link
+# (a keyword option holding parameters); the link is built from the spec's generator without touching the global
+# RNG and initialised on a batch of its own, so every call of the common suites sees the same fixed link
+def _legendretron(dtype, gen):
+    from losslab.losses import LegendreTronLink
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        link = LegendreTronLink(C, hidden=4, dtype=torch.float64)
+    link(torch.randn(16, C - 1, generator=gen, dtype=torch.float64) * 2)  # the authors' data init, first batch
+    x = (torch.randn(N, C - 1, generator=gen, dtype=torch.float64) * 2).to(dtype)
+    t = _cls(gen)
+    t[0] = C - 1  # the reference class (logit fixed at 0) is a valid target
+    return [x, t], {"link": link}
+
+
+SPECS["legendretron"] = Spec(make=_legendretron)

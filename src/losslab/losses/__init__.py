@@ -43,6 +43,7 @@ from losslab.losses.imbalance import (
     logit_adjusted_cross_entropy,
 )
 from losslab.losses.imbalanced_regression import srl, srl_centroids
+from losslab.losses.legendretron import LegendreTronLink, legendretron_loss
 from losslab.losses.llm import linear_cross_entropy, ntl_mse, ntl_wasserstein
 from losslab.losses.metric import decoupled_softmax, oko, sface
 from losslab.losses.modules import (
@@ -77,7 +78,7 @@ from losslab.losses.modules import (
     SquentropyLoss,
     StableMaxCrossEntropyLoss,
 )
-from losslab.losses.modules_extra import AggregateLoss, IPCWLoss, LCRONLoss, MTPLoss
+from losslab.losses.modules_extra import AggregateLoss, IPCWLoss, LCRONLoss, LegendreTronLoss, MTPLoss
 from losslab.losses.modules_regression import (
     AnyLoss,
     ApproxNDCGLoss,
@@ -161,6 +162,8 @@ __all__ = [
     "LCRONLoss",
     "LDAMLoss",
     "LDRKLLoss",
+    "LegendreTronLink",
+    "LegendreTronLoss",
     "LinearCrossEntropyLoss",
     "ListMLELoss",
     "ListNetLoss",
@@ -232,6 +235,7 @@ __all__ = [
     "lcron_loss",
     "ldam",
     "ldr_kl",
+    "legendretron_loss",
     "linear_cross_entropy",
     "listmle",
     "listnet",
