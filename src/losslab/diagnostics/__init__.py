@@ -28,6 +28,8 @@ operator is one fixed symmetric matrix); every other model call uses the fixed s
   :func:`influence_scores`, :func:`self_influence`.
 - Data difficulty (per-example scores, higher = harder): :func:`el2n_scores`, :func:`grand_scores`,
   :func:`vog_scores`, :class:`ForgettingTracker`, :func:`prototype_scores`, and :func:`prune` to keep a fraction.
+- Data quality from training dynamics (higher = more useful): :func:`pds_scores` -> :class:`PDSResult` (the
+  co-state of a proxy SGD run) and :func:`pds_select` (Gumbel top-k).
 """
 
 from losslab.diagnostics._continual import (
@@ -70,6 +72,7 @@ from losslab.diagnostics._landscape import (
     loss_plane,
     random_direction,
 )
+from losslab.diagnostics._pds import PDSResult, pds_scores, pds_select
 from losslab.diagnostics._plasticity import (
     dead_units,
     dormant_units,
@@ -115,6 +118,7 @@ __all__ = [
     "LossLandscape",
     "LossSample",
     "MatrixOperator",
+    "PDSResult",
     "SampleSizeChange",
     "SharpnessRecord",
     "SharpnessTracker",
@@ -148,6 +152,8 @@ __all__ = [
     "linear_interpolation",
     "loss_line",
     "loss_plane",
+    "pds_scores",
+    "pds_select",
     "plasticity_report",
     "power_iteration",
     "prototype_scores",
