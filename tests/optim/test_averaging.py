@@ -435,3 +435,18 @@ def test_kd_with_averaging_beats_the_last_iterate_on_held_out_data(seed):
 def test_docstring_example_runs():
     result = doctest.testmod(averaging_module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_finite_parameters_whose_sum_overflows_are_averaged():
+    # the NaN/Inf check sums each tensor first: 3e38 + 3e38 overflows float32 although both entries are finite
+    net = nn.Linear(2, 1, bias=False)
+    avg = WeightAverage(net, start=1)
+    with torch.no_grad():
+        net.weight.fill_(3e38)
+    assert avg.update(net)
+    with torch.no_grad():
+        net.weight.fill_(1e38)
+        net.weight[0, 1] = float("inf")
+    with pytest.raises(DataError, match="NaN/Inf"):
+        avg.update(net)
+    assert avg.count == 1 and torch.equal(avg.averaged_model().weight.detach(), torch.full((1, 2), 3e38))

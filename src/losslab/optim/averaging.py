@@ -249,8 +249,14 @@ class WeightAverage:
             return False
         params = [p for _, p in net.named_parameters()]
         if self.check_finite:
-            finite = torch.stack([torch.isfinite(p.detach()).all().to(params[0].device) for p in params])
+            # a NaN/Inf entry makes its tensor's sum non-finite (one pass, no boolean copy); a sum that overflows
+            # although every entry is finite (16-bit tensors are summed in float32) is checked entry by entry
+            sums = torch.stack([p.detach().sum(dtype=torch.promote_types(p.dtype, torch.float32))
+                                .to(device=params[0].device, dtype=torch.float64) for p in params])
+            finite = torch.isfinite(sums)
             if not bool(finite.all()):  # one host sync
+                finite = torch.stack([torch.isfinite(p.detach()).all().to(params[0].device) for p in params])
+            if not bool(finite.all()):
                 bad = [n for (n, _), ok in zip(self._layout, finite.tolist()) if not ok]
                 raise DataError(f"{_OWNER}.update: parameters {bad[:4]} hold NaN/Inf at step {step}; the average "
                                 "was not changed (skip this step or fix the divergence)")
