@@ -71,3 +71,26 @@ def test_old_fit_without_growth_still_predicts():
     fit.uncertainty = {k: v for k, v in fit.uncertainty.items() if k not in ("growth", "extent")}
     old = fit.predict_interval(lr)
     assert np.all(old[2] <= new[2] + 1e-15) and np.all(old[1] >= new[1] - 1e-15)
+
+
+def test_anneals_by_hand():
+    from losslab.forecast.uncertainty import _anneals
+
+    flat = SimpleNamespace(lr=np.array([0.5, 1.0, 1.0, 1.0, 0.5]), steps=np.array([2, 4]))
+    assert not _anneals(flat)  # warmup, then constant up to the last scored step 4
+    assert _anneals(SimpleNamespace(lr=flat.lr, steps=np.array([2, 5])))  # step 5 is after the decay
+
+
+@pytest.mark.parametrize("law", ["tissue", "mpl"])
+def test_calibration_skips_a_head_that_never_anneals(law):
+    # one WSD run, constant for its first 75 %: the long hold-out's head (the first half) cannot identify the
+    # annealing terms its tail is scored on, so only the 20 % hold-out calibrates (its head reaches the decay)
+    from losslab.forecast._points import curve_points, split_tail
+
+    train = curves(law, noise=0.002, names=("wsd",), every=10)
+    fit = fit_curves(train, law, quiet=True)
+    _heads, tails = split_tail([curve_points(train[0])], 0.2)
+    assert fit.uncertainty["n_calibration_points"] == tails[0].steps.size
+    with_cosine = fit_curves(curves(law, noise=0.002, names=("cosine",), every=10), law, quiet=True)
+    _heads, long_tails = split_tail([curve_points(curves(law, names=("cosine",), every=10)[0])], 0.5)
+    assert with_cosine.uncertainty["n_calibration_points"] > long_tails[0].steps.size  # a cosine head anneals

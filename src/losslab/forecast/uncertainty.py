@@ -10,7 +10,10 @@ Method (a linearised parameter ensemble plus a model-error term, both in log spa
 2. Model error. A held-out schedule is mispredicted by more than the in-sample residuals (the law is not exact).
    The fit is repeated (from the best grid start) on the first ``1 - holdout`` and on the first half of each
    curve, scored on the held-out tails (extrapolation in time), and, with three curves or more, once without each
-   curve, scored on that curve (transfer to another schedule). The largest of the in-sample, tail
+   curve, scored on that curve (transfer to another schedule). A refit whose curves never anneal (constant LR
+   after warmup, e.g. the first half of a WSD run) is skipped when its scored points do: it cannot identify the
+   annealing terms, so its error would measure that, not the law (a WSD run's long hold-out gave a growth slope
+   of 2.3 per e-fold, intervals of x13 at twice the horizon). The largest of the in-sample, tail
    (``1 - holdout`` split) and left-out-curve root-mean-square log errors is the in-range scale ``m0``. The
    parameter covariance is rescaled by ``(m0 / s)^2`` as well.
 3. Growth with extrapolation. Each predicted step gets two excess features over the fitted data (see
@@ -84,6 +87,8 @@ def calibrate(fit: Any, law: Any, outcome: Any, points: Sequence[Any], *, seed: 
     calib: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (log error, x_horizon, x_lr) per held-out part
 
     def held_out(fitted: Sequence[Any], scored: Sequence[Any]) -> float | None:
+        if law.has_annealing_term and not any(map(_anneals, fitted)) and any(map(_anneals, scored)):
+            return None  # the refit cannot identify the annealing terms it is scored on (a constant-LR head)
         try:
             lw, out = _fit_points(law.name, fitted, law.options, delta, True, 1)
         except Exception:  # a failed calibration fit is skipped (the in-sample scale stays)
@@ -127,6 +132,13 @@ def calibrate(fit: Any, law: Any, outcome: Any, points: Sequence[Any], *, seed: 
             "model_error": model_error, "growth": growth, "extent": extent(points),
             "holdout_rms": holdout_rms, "loco_rms": loco_rms, "holdout": frac, "seed": seed,
             "n_calibration_points": int(sum(c[0].size for c in calib))}
+
+
+def _anneals(p: Any) -> bool:
+    """Whether the learning rate of curve ``p`` falls below its peak within the steps it is fitted or scored on."""
+    end = int(p.steps[-1])
+    peak = int(np.argmax(p.lr[:end]))
+    return bool(end > peak + 1 and np.min(p.lr[peak:end]) < p.lr[peak] * (1.0 - 1e-9))
 
 
 def law_predict(law: Any, theta: np.ndarray, p: Any) -> np.ndarray:

@@ -99,6 +99,7 @@ class Law(ABC):
     linear: ClassVar[tuple[str, ...]]
     option_defaults: ClassVar[dict[str, Any]] = {}
     default_starts: ClassVar[int] = 4
+    has_annealing_term: ClassVar[bool] = True  # the loss depends on LR decreases (False: schedule-blind)
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.option_defaults))

@@ -43,6 +43,7 @@ class PowerLaw(Law):
 
     name = "power"
     param_names = ("E", "A", "alpha")
+    has_annealing_term = False
     linear = ("E", "A")
     option_defaults: ClassVar[dict[str, Any]] = {}
 
