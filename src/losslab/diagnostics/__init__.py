@@ -30,6 +30,8 @@ operator is one fixed symmetric matrix); every other model call uses the fixed s
   :func:`vog_scores`, :class:`ForgettingTracker`, :func:`prototype_scores`, and :func:`prune` to keep a fraction.
 - Data quality from training dynamics (higher = more useful): :func:`pds_scores` -> :class:`PDSResult` (the
   co-state of a proxy SGD run) and :func:`pds_select` (Gumbel top-k).
+- Group balance (worst-group accuracy): :func:`balance_groups` subsamples every (class, group) cell to the
+  smallest, or reweights.
 """
 
 from losslab.diagnostics._continual import (
@@ -49,6 +51,7 @@ from losslab.diagnostics._density import (
     spectral_density,
 )
 from losslab.diagnostics._eigen import EigenResult, lanczos, lanczos_tridiagonal, power_iteration
+from losslab.diagnostics._group_balance import balance_groups
 from losslab.diagnostics._hessian import (
     DatasetHessianOperator,
     HessianOperator,
@@ -127,6 +130,7 @@ __all__ = [
     "TraceResult",
     "adam_preconditioned_sharpness",
     "as_operator",
+    "balance_groups",
     "classwise_spectra",
     "collect_features",
     "dead_units",
