@@ -126,6 +126,18 @@ def _slates(**kw: Any) -> Callable[[torch.dtype, torch.Generator], Args]:
         return [x, y, mask], dict(kw)
 
     return make
+
+
+def _binary_pairs(dtype, gen):
+    """MW loss: a score matrix (queries × candidates), binary relevance with a positive and a negative per row."""
+    x = (torch.randn(4, 6, generator=gen, dtype=torch.float64) * 2).to(dtype)
+    y = (torch.rand(4, 6, generator=gen) < 0.3).to(torch.float64)
+    y[:, 0], y[:, 1] = 1.0, 0.0
+    mask = torch.rand(4, 6, generator=gen) > 0.2
+    mask[:, :2] = True
+    return [x, y, mask], {}
+
+
 # regression family: predictions and real targets of the same shape (series along the last dimension)
 def _reg(dtype, gen, positive=False, away_from_zero=False):
     x = torch.randn(N, C, generator=gen, dtype=torch.float64)
@@ -205,6 +217,7 @@ SPECS: dict[str, Spec] = {
     "listnet": Spec(make=_slates(), class_target_arg=None),
     "listmle": Spec(make=_slates(), class_target_arg=None),
     "ranknet": Spec(make=_slates(), class_target_arg=None, plain_mean=False),
+    "mw_loss": Spec(make=_binary_pairs, class_target_arg=None, plain_mean=False),
     **REGRESSION_SPECS,
 }
 

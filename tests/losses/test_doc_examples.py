@@ -16,7 +16,8 @@ MODULES = ["losslab.losses", "losslab.losses.classification", "losslab.losses.po
            "losslab.losses.imbalanced_regression", "losslab.losses.overlap", "losslab.losses.adversarial",
            "losslab.losses.self_distillation", "losslab.losses.feature_distillation",
            "losslab.losses.multi_token", "losslab.losses.censored_aggregate",
-           "losslab.losses.cascade_ranking", "losslab.losses.modules_extra", "losslab.losses.legendretron"]
+           "losslab.losses.cascade_ranking", "losslab.losses.modules_extra", "losslab.losses.auc",
+           "losslab.losses.legendretron"]
 
 
 @pytest.mark.parametrize("name", MODULES)

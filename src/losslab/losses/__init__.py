@@ -19,6 +19,7 @@ from typing import Any
 
 from losslab.losses._catalogue import LossInfo, registry
 from losslab.losses.adversarial import score
+from losslab.losses.auc import mw_loss
 from losslab.losses.cascade_ranking import lcron_loss
 from losslab.losses.censored_aggregate import aggregate_loss, ipcw_loss, ipcw_weights, kaplan_meier
 from losslab.losses.classification import cross_entropy, focal, sigmoid_focal, softcap, squentropy
@@ -95,6 +96,7 @@ from losslab.losses.modules_regression import (
     MeanBiasErrorLoss,
     MSELoss,
     MSLELoss,
+    MWLoss,
     NDLoss,
     NeuralNDCGLoss,
     NRMSELoss,
@@ -176,6 +178,7 @@ __all__ = [
     "MSELoss",
     "MSLELoss",
     "MTPLoss",
+    "MWLoss",
     "MeanBiasErrorLoss",
     "NDLoss",
     "NKDLoss",
@@ -249,6 +252,7 @@ __all__ = [
     "mse",
     "msle",
     "mtp_loss",
+    "mw_loss",
     "names",
     "nd",
     "neural_ndcg",

@@ -30,6 +30,7 @@ __all__ = [
     "R2CCPLoss",
     "RMSLELoss",
     "RRMSELoss",
+    "MWLoss",
     "RankNetLoss",
     "RegClsLoss",
     "RelativeAbsoluteErrorLoss",
@@ -59,6 +60,11 @@ class ListNetLoss(_LossModule):
 class ListMLELoss(_LossModule):
     __doc__ = _make_doc("ListMLELoss", "listmle")
     loss_name = "listmle"
+
+
+class MWLoss(_LossModule):
+    __doc__ = _make_doc("MWLoss", "mw_loss")
+    loss_name = "mw_loss"
 
 
 class RankNetLoss(_LossModule):
