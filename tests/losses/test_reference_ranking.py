@@ -380,3 +380,13 @@ def test_neural_ndcg_default_temperature_is_allranks_one():
     torch.testing.assert_close(default, L.neural_ndcg(s, y, temperature=1.0))
     assert default.item() == pytest.approx(-0.6331015, abs=1e-6)
     assert L.neural_ndcg(s, y, temperature=0.5).item() != pytest.approx(default.item(), abs=1e-3)
+
+
+def test_neural_sort_without_padding_is_bit_identical_to_the_masked_path():
+    from losslab.losses._slate import neural_sort
+
+    for dtype in (torch.float32, torch.float64):
+        s = torch.randn(5, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype) * 3
+        valid = torch.ones(5, 9, dtype=torch.bool)
+        for tau in (1e-3, 0.7, 50.0):
+            assert torch.equal(neural_sort(s, valid, tau, all_valid=True), neural_sort(s, valid, tau))

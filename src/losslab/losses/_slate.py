@@ -96,13 +96,18 @@ def ideal_dcg(g: Tensor, d: Tensor) -> Tensor:
     return (g.sort(dim=1, descending=True).values * d).sum(1)
 
 
-def neural_sort(s: Tensor, valid: Tensor, tau: float) -> Tensor:
+def neural_sort(s: Tensor, valid: Tensor, tau: float, *, all_valid: bool = False) -> Tensor:
     """Deterministic NeuralSort (Grover et al. 2019) of each slate's real items; (B, n rank rows, n items).
 
     Row i (rank i = 1..m, m real items) is softmax_j(((m + 1 - 2i) s_j - Σ_k |s_j - s_k|) / τ) over real j;
-    rows i > m and padded columns are 0.
+    rows i > m and padded columns are 0. ``all_valid=True`` (no mask was given) skips the padding masks: the same
+    values bit for bit, about twice as fast.
     """
     n = s.shape[1]
+    if all_valid:
+        a1 = (s.unsqueeze(2) - s.unsqueeze(1)).abs().sum(2)
+        c = (n + 1 - 2 * torch.arange(1, n + 1, device=s.device)).to(s.dtype)  # (n,)
+        return torch.softmax((c.view(1, n, 1) * s.unsqueeze(1) - a1.unsqueeze(1)) / tau, dim=2)
     m = valid.sum(1, keepdim=True)  # (B, 1)
     s = torch.where(valid, s, torch.zeros_like(s))
     both = valid.unsqueeze(2) & valid.unsqueeze(1)

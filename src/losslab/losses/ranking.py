@@ -131,7 +131,7 @@ def neural_ndcg(input: Tensor, target: Tensor, mask: Tensor | None = None, *, te
     tol = check_number("sinkhorn_tol", sinkhorn_tol, name, low=0.0)
     g = gains(y, bool(powered_relevancies), name)
     d = discounts(x.shape[1], k_, x.dtype, x.device)
-    p = sinkhorn(neural_sort(x, valid, tau), valid, int(iters), tol)
+    p = sinkhorn(neural_sort(x, valid, tau, all_valid=mask is None), valid, int(iters), tol)
     if transposed:
         dcg = (g * (p.transpose(1, 2) @ d)).sum(1)
     else:
