@@ -218,6 +218,15 @@ def test_tied_labels_by_hand_both_label_rules():
     assert out_t.item() == pytest.approx(single_t + joint_t, rel=1e-12)
 
 
+def test_labels_a_hundredth_apart_are_sorted_hard():
+    # the labels' NeuralSort runs at τ = 1e-4: gaps of 0.01 already give the hard order of integer ranks
+    rec, pre, _ = _batch(12, b=2, n=6, scale=2.0)
+    ranks = torch.stack([torch.randperm(6, generator=torch.Generator().manual_seed(q)) for q in range(2)]).to(D)
+    hard = L.lcron_loss([rec, pre], ranks, top_k=2, tau=1.0, reduction="none")
+    close = L.lcron_loss([rec, pre], 0.01 * ranks, top_k=2, tau=1.0, reduction="none")
+    torch.testing.assert_close(close, hard, rtol=1e-12, atol=1e-12)
+
+
 def test_a_perfect_cascade_costs_about_zero_and_a_missed_item_costs_minus_log_eps():
     s = torch.tensor([[4.0, 3.0, 2.0, 1.0]], dtype=D)
     y = torch.tensor([[4.0, 3.0, 2.0, 1.0]], dtype=D)

@@ -66,13 +66,16 @@ def main(out: Path) -> None:
                          "got_per_param": {n: sharded.history[f"grad_norm/{n}"][-1] for n in per_param},
                          "loss": sharded.history["loss"][-1]}
     # 2a. Non-finite gradients in shards of the same parameter on both ranks count once (ZeRO / FSDP-1 flat
-    # shards); NaN in a different parameter on each rank counts twice
+    # shards); NaN in a different parameter on each rank counts twice; the same parameter counts once also when
+    # rank 1 holds no gradient for an earlier parameter (flags are indexed by parameter, not by gradient present)
     counts = []
-    for where in ((0, 0), (0, 2)):
+    for where, no_grad_on_rank1 in (((0, 0), False), ((0, 2), False), ((2, 2), True)):
         torch.manual_seed(1)
         net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
         watcher = TrainingMonitor(net, grads_synchronized=False, detectors={})
         net(x).pow(2).sum().backward()
+        if no_grad_on_rank1 and rank == 1:
+            next(iter(net.parameters())).grad = None
         list(net.parameters())[where[rank]].grad[0].fill_(float("nan"))
         watcher.step(loss=1.0)
         counts.append(watcher.history["nonfinite_grads"][-1])

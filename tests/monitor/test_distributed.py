@@ -28,7 +28,7 @@ def test_ddp_reduction_and_rank0_only_writes(tmp_path):
         assert sharded["got"] == pytest.approx(sharded["expected"], rel=1e-5)
         assert sharded["got_per_param"] == pytest.approx(sharded["expected_per_param"], rel=1e-5)
         assert sharded["loss"] == pytest.approx(0.5)
-        assert res["sharded_nonfinite"] == [1.0, 2.0]  # per parameter, not per shard
+        assert res["sharded_nonfinite"] == [1.0, 2.0, 1.0]  # per parameter, not per shard
         clip = res["clip_without_grads"]
         assert clip["got"] == pytest.approx(clip["expected"], rel=1e-5)
     assert ranks[0]["ddp"]["loss"] == ranks[1]["ddp"]["loss"]  # identical on every rank, detectors agree

@@ -106,32 +106,36 @@ def layer_on_some_ranks(rank: int, world: int) -> None:
 
 
 def unequal_batches(rank: int, world: int) -> None:
-    """Rank 0 sees 7 examples, rank 1 sees 2 (sequences of 3 and 5 tokens): the factors must be those of one
-    process on the concatenated examples, rows weighted by their count, not each rank's mean weighted equally."""
+    """Step 0: rank 0 sees 7 examples of 3 tokens, rank 1 sees 2 of 5; step 1: the other way round. Each step's
+    factors must be those of one process on the concatenated examples, rows weighted by this step's count (not each
+    rank's mean weighted equally, nor by the counts summed over steps)."""
     ddp, reference = DDP(Branchy(), find_unused_parameters=True), Branchy()
     kfac = KFAC(ddp, factor_decay=0.5, kl_clip=None)
 
-    def data(r: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(50 + r)
-        n, t = (7, 3) if r == 0 else (2, 5)
+    def data(r: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(50 + r + 10 * step)
+        n, t = (7, 3) if (r + step) % 2 == 0 else (2, 5)
         return torch.randn(n, t, 3, generator=g, dtype=torch.float64), torch.randn(n, t, 2, generator=g,
                                                                                    dtype=torch.float64)
 
-    x, y = data(rank)
-    nn.functional.mse_loss(ddp(x, False)[0], y, reduction="none").sum((1, 2)).mean().backward()
-    kfac.step()
-    # by hand: the rows of every rank pooled; each example's own loss has gradient 2 (out - y) per token
-    xs, ys = zip(*(data(r) for r in range(world)))
-    rows_x = torch.cat([t.reshape(-1, 3) for t in xs])
-    rows_x = torch.cat([rows_x, rows_x.new_ones(rows_x.shape[0], 1)], dim=1)
-    want_a = 0.5 * torch.eye(4, dtype=torch.float64) + 0.5 * rows_x.t() @ rows_x / rows_x.shape[0]
-    grads = [2 * (reference.body(xr) - yr).detach() for xr, yr in zip(xs, ys)]  # per-example d loss_i / d out
-    rows_g = torch.cat([g.reshape(-1, 2) for g in grads])
-    want_g = 0.5 * torch.eye(2, dtype=torch.float64) + 0.5 * rows_g.t() @ rows_g / sum(g.shape[0] for g in grads)
-    got = kfac.factors()["body"]
-    diff = max(float((got["A"] - want_a).abs().max()), float((got["G"] - want_g).abs().max()))
-    if not diff < 1e-12:
-        fail(f"unequal batches: factors differ from the pooled examples by {diff:.3g}")
+    want_a, want_g = torch.eye(4, dtype=torch.float64), torch.eye(2, dtype=torch.float64)
+    for step in range(2):
+        x, y = data(rank, step)
+        nn.functional.mse_loss(ddp(x, False)[0], y, reduction="none").sum((1, 2)).mean().backward()
+        kfac.step()  # no optimizer step: the parameters, and so the reference below, stay those of the start
+        ddp.zero_grad()
+        # by hand: the rows of every rank pooled; each example's own loss has gradient 2 (out - y) per token
+        xs, ys = zip(*(data(r, step) for r in range(world)))
+        rows_x = torch.cat([t.reshape(-1, 3) for t in xs])
+        rows_x = torch.cat([rows_x, rows_x.new_ones(rows_x.shape[0], 1)], dim=1)
+        want_a = 0.5 * want_a + 0.5 * rows_x.t() @ rows_x / rows_x.shape[0]
+        grads = [2 * (reference.body(xr) - yr).detach() for xr, yr in zip(xs, ys)]  # per-example d loss_i / d out
+        rows_g = torch.cat([g.reshape(-1, 2) for g in grads])
+        want_g = 0.5 * want_g + 0.5 * rows_g.t() @ rows_g / sum(g.shape[0] for g in grads)
+        got = kfac.factors()["body"]
+        diff = max(float((got["A"] - want_a).abs().max()), float((got["G"] - want_g).abs().max()))
+        if not diff < 1e-12:
+            fail(f"unequal batches, step {step}: factors differ from the pooled examples by {diff:.3g}")
 
 
 def main() -> None:

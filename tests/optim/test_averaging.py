@@ -450,3 +450,31 @@ def test_finite_parameters_whose_sum_overflows_are_averaged():
     with pytest.raises(DataError, match="NaN/Inf"):
         avg.update(net)
     assert avg.count == 1 and torch.equal(avg.averaged_model().weight.detach(), torch.full((1, 2), 3e38))
+
+
+def test_state_dicts_do_not_alias_the_running_average():
+    """A saved state_dict stays as saved while training goes on, and a loaded one is copied, not adopted."""
+    net = small_net(torch.float64, bn=True)
+    net.train()
+    g = torch.Generator().manual_seed(3)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    avg = WeightAverage(net, start=1, copy_buffers=True)
+    for _ in range(2):
+        train_step(net, opt, g)
+        avg.update(net)
+    state = avg.state_dict()
+    frozen = copy.deepcopy(state)
+
+    def unchanged():
+        for part in ("average", "buffers"):
+            for name, t in state[part].items():
+                assert torch.equal(t, frozen[part][name]), (part, name)
+
+    train_step(net, opt, g)
+    avg.update(net)  # changes the live average and buffers in place
+    unchanged()
+    other = WeightAverage(net, start=1, copy_buffers=True)
+    other.load_state_dict(state)
+    train_step(net, opt, g)
+    other.update(net)
+    unchanged()

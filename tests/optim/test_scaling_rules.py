@@ -128,8 +128,9 @@ class LM(nn.Module):
 
 
 def test_embeddings_must_be_chosen_and_tied_weights_appear_once():
-    with pytest.raises(ConfigError, match=r"emb\.weight.*embeddings='vector'"):
-        width_scaled_param_groups(LM(), width_multiplier=2, lr=0.01, weight_decay=0.1)
+    for rule in ("robust", "mup"):  # both rules scale matrices, so both need the choice
+        with pytest.raises(ConfigError, match=r"emb\.weight.*embeddings='vector'"):
+            width_scaled_param_groups(LM(), width_multiplier=2, lr=0.01, weight_decay=0.1, rule=rule)
     vec = settings(width_scaled_param_groups(LM(), width_multiplier=4, lr=0.01, weight_decay=0.1,
                                              embeddings="vector"))
     assert list(vec) == ["proj.weight", "emb.weight", "proj.bias"]  # the tied head is the embedding, once
