@@ -94,3 +94,9 @@ def test_calibration_skips_a_head_that_never_anneals(law):
     with_cosine = fit_curves(curves(law, noise=0.002, names=("cosine",), every=10), law, quiet=True)
     _heads, long_tails = split_tail([curve_points(curves(law, names=("cosine",), every=10)[0])], 0.5)
     assert with_cosine.uncertainty["n_calibration_points"] > long_tails[0].steps.size  # a cosine head anneals
+
+
+def test_extent_of_points_that_end_inside_the_warmup():
+    # measured steps 2 and 3 of a warmup that peaks at step 5: the fitted range is what those steps saw
+    p = SimpleNamespace(lr=np.array([0.25, 0.5, 0.75, 1.0, 2.0, 2.0]), steps=np.array([2, 3]))
+    assert extent([p]) == {"steps": 3.0, "s1": 1.5, "lr_min": 0.75, "lr_max": 0.75}

@@ -156,7 +156,7 @@ def extent(points: Sequence[Any]) -> dict[str, float]:
     last, s1, lr_min, lr_max = 0.0, 0.0, np.inf, 0.0
     for p in points:
         end = int(p.steps[-1])
-        w = int(np.argmax(p.lr))
+        w = int(np.argmax(p.lr[:end]))  # the peak within the fitted steps (a curve may end inside its warmup)
         last = max(last, float(end))
         s1 = max(s1, float(np.sum(p.lr[:end])))
         lr_min = min(lr_min, float(np.min(p.lr[w:end])))

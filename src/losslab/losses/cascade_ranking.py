@@ -220,7 +220,7 @@ def lcron_loss(stage_scores: Tensor | Sequence[Tensor], labels: Tensor, mask: Te
     w = _weights(stage_weights, s, x.dtype, x.device, name)
 
     with torch.no_grad():
-        lab = neural_sort(y, valid, _LABEL_TAU)  # ties stay exact; gaps ≥ 1e-3 give a hard sort
+        lab = neural_sort(y, valid, _LABEL_TAU, all_valid=mask is None)  # ties exact; gaps ≥ 1e-3 sort hard
         if thr is not None:
             lab = (lab > thr).to(lab.dtype)
         lab = lab.to(x.dtype)
@@ -231,7 +231,7 @@ def lcron_loss(stage_scores: Tensor | Sequence[Tensor], labels: Tensor, mask: Te
     per_item = real / m.clamp_min(1).to(x.dtype).unsqueeze(1)  # mean over the real items of a query
     singles, survive, drop = [], torch.ones_like(y_top), torch.ones_like(y_top)
     for j in range(s):
-        p = neural_sort(x[j], valid, t)  # (B, rank, item), zero outside the real block
+        p = neural_sort(x[j], valid, t, all_valid=mask is None)  # (B, rank, item), zero outside the real block
         norm = p.detach().sum(1) + _EPS
         head, tail = p[:, :k].sum(1) / norm, p[:, k:].sum(1) / norm
         single = -(y_top * torch.log(head + _EPS) + y_rest * torch.log(tail + _EPS))
