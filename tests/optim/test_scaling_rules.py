@@ -312,7 +312,7 @@ def test_docstring_examples_run():
 
 # --------------------------------------------------------------------- the paper's claim, at a tiny scale
 def train_hidden_top_sv(width: int, rule: str, seed: int, steps: int = 1000, base: int = 64) -> float:
-    """Top singular value of the hidden matrix after AdamW training, averaged over the last 100 steps."""
+    """Top singular value of the hidden matrix after AdamW training, averaged over every 10th of the last 100 steps."""
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(8, width), nn.LayerNorm(width), nn.ReLU(), nn.Linear(width, width),
                         nn.LayerNorm(width), nn.ReLU(), nn.Linear(width, 1))
