@@ -1,4 +1,5 @@
-"""DTensor helpers shared by the optimizers and the monitor (FSDP2 ``fully_shard``, HSDP, tensor parallelism)."""
+"""Distributed helpers shared by the optimizers and the monitor: DTensors (FSDP2 ``fully_shard``, HSDP, tensor
+parallelism) and data-parallel wrappers."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["is_dtensor", "local_part", "vdot"]
+__all__ = ["is_dtensor", "local_part", "unwrap_parallel", "vdot"]
 
 
 def _dtensor_class() -> Any:
@@ -59,3 +60,10 @@ def vdot(a: Tensor, b: Tensor) -> Tensor:
         out = (a * b).sum()
         return out.full_tensor() if is_dtensor(out) else out  # type: ignore[attr-defined]
     return torch.dot(a.reshape(-1), b.reshape(-1))
+
+
+def unwrap_parallel(model: Any) -> Any:
+    """The module inside a ``DataParallel``/``DistributedDataParallel`` wrapper (or ``model`` itself)."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    return model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model

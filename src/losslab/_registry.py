@@ -8,14 +8,24 @@ step that makes it visible everywhere.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from losslab._errors import ConfigError, UnknownNameError
 
-__all__ = ["Info", "Registry"]
+__all__ = ["Info", "Registry", "did_you_mean"]
 
+
+
+def did_you_mean(value: str, choices: Sequence[str], *, n: int = 3, cutoff: float = 0.5, sep: str = ", ") -> str:
+    """``"did you mean 'a', 'b'? "`` for the choices closest to ``value`` (``""`` when none is close).
+
+    >>> did_you_mean("adamw", ["adam", "sgd"])
+    "did you mean 'adam'? "
+    """
+    close = difflib.get_close_matches(value, choices, n=n, cutoff=cutoff)
+    return f"did you mean {sep.join(repr(c) for c in close)}? " if close else ""
 
 @dataclass(frozen=True)
 class Info:
@@ -62,8 +72,7 @@ class Registry(Generic[InfoT]):
         key = self._aliases.get(key, key)
         if key not in self._entries:
             choices = sorted(self._entries) + sorted(self._aliases)
-            close = difflib.get_close_matches(key, choices, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+            hint = did_you_mean(key, choices)
             plural = self.kind + ("es" if self.kind.endswith("s") else "s")
             raise UnknownNameError(
                 f"unknown {self.kind} '{name}'; {hint}known {plural}: {', '.join(sorted(self._entries))}"

@@ -109,8 +109,8 @@ def _losses(model: nn.Module, loss_fn: PerExampleLoss, params: Params, batch: An
 
 
 def _finite(value: torch.Tensor | Params, what: str) -> None:
-    tensors = value.values() if isinstance(value, dict) else (value,)
-    if not all(bool(torch.isfinite(t).all()) for t in tensors):
+    tensors = list(value.values()) if isinstance(value, dict) else [value]
+    if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):  # one host sync
         raise DataError(f"{what} is NaN/Inf; the proxy run diverged or the data are bad — lower lr or steps, or "
                         "check the losses of the examples involved")
 
@@ -284,7 +284,7 @@ def pds_scores(model: nn.Module, loss_fn: PerExampleLoss, train_data: Rows, targ
         p = thetas[t]
         assert p is not None
         thetas[t + 1:] = []  # free the parameters no longer needed
-        g_j, j = target(p, with_grad=objective == "area" or t == t_steps)
+        g_j, j = target(p, with_grad=(objective == "area" and t > 0) or t == t_steps)  # unused at t = 0
         _finite(j, f"the target loss at proxy step {t} (of {t_steps})")
         target_losses[t] = j
         if t == t_steps:

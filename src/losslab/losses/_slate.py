@@ -37,20 +37,25 @@ def prepare_slates(input: object, target: object, mask: object, loss: str,
     if target.dtype.is_floating_point:
         check_finite("target", target, loss)
     y = target.to(dtype)
-    if mask is None:
-        valid = torch.ones(x.shape, dtype=torch.bool, device=x.device)
-    else:
-        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != x.shape:
-            got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
-            raise DataError(f"{loss}: mask must be a torch.bool tensor of shape {tuple(x.shape)} (True at real "
-                            f"items, False at padding), got {got}")
-        valid = mask
+    valid = check_mask(mask, tuple(x.shape), x.device, loss)
     if bool((valid & (y < 0)).any()):
         raise DataError(
             f"{loss}: target holds negative relevance labels at real items; labels must be ≥ 0. If they mark "
             f"padding (allRank pads with -1), pass mask=target != -1 instead"
         )
     return x.to(dtype), torch.where(valid, y, 0.0), valid
+
+
+def check_mask(mask: object, shape: tuple[int, ...], device: torch.device, loss: str) -> Tensor:
+    """The boolean mask of real items on ``device`` (all True when ``mask`` is None); DataError on another type or
+    shape."""
+    if mask is None:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != shape:
+        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise DataError(f"{loss}: mask must be a torch.bool tensor of shape {shape} (True at real items, False at "
+                        f"padding), got {got}")
+    return mask.to(device)
 
 
 def check_k(k: object, loss: str) -> int | None:

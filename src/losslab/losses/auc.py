@@ -9,6 +9,7 @@ from torch import Tensor
 from losslab._errors import ConfigError, DataError
 from losslab.losses._catalogue import register
 from losslab.losses._reduce import reduce_loss
+from losslab.losses._slate import check_mask
 from losslab.losses._validate import check_finite, check_float, check_reduction, compute_dtype
 
 __all__ = ["mw_loss"]
@@ -93,10 +94,7 @@ def mw_loss(input: Tensor, target: Tensor, mask: Tensor | None = None, *, pairin
     if not bool(((target == 0) | (target == 1)).all()):
         raise DataError(f"{name}: target must be binary (1 for a positive pair, 0 for a negative); threshold "
                         "graded labels first, or use ranknet for graded relevance")
-    valid = torch.ones_like(x, dtype=torch.bool) if mask is None else mask
-    if not isinstance(valid, Tensor) or valid.dtype != torch.bool or tuple(valid.shape) != tuple(x.shape):
-        raise DataError(f"{name}: mask must be a torch.bool tensor of shape {tuple(x.shape)} (True where a cell "
-                        "counts)")
+    valid = check_mask(mask, tuple(x.shape), x.device, name)
     s = x.to(compute_dtype(x))
     pos, neg = valid & (target == 1), valid & (target == 0)
     if pairing == "per_query":

@@ -17,7 +17,7 @@ from torch import Tensor
 from losslab._errors import ConfigError, DataError
 from losslab.losses._catalogue import register
 from losslab.losses._reduce import reduce_loss
-from losslab.losses._slate import neural_sort
+from losslab.losses._slate import check_mask, neural_sort
 from losslab.losses._validate import check_finite, check_float, check_number, check_reduction
 
 __all__ = ["lcron_loss"]
@@ -75,14 +75,7 @@ def _labels_and_mask(labels: object, mask: object, shape: tuple[int, int], devic
                         f"got {tuple(labels.shape)}")
     if labels.dtype.is_floating_point:
         check_finite("labels", labels, name)
-    if mask is None:
-        valid = torch.ones(shape, dtype=torch.bool, device=device)
-    else:
-        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != shape:
-            got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
-            raise DataError(f"{name}: mask must be a torch.bool tensor of shape {shape} (True at real items, False "
-                            f"at padding), got {got}")
-        valid = mask.to(device)
+    valid = check_mask(mask, shape, device, name)
     y = labels.detach().to(device=device, dtype=torch.float32 if device.type == "mps" else torch.float64)
     return torch.where(valid, y, 0.0), valid
 

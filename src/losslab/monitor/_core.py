@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from losslab._distributed import is_dtensor, local_part
+from losslab._distributed import is_dtensor, local_part, unwrap_parallel
 from losslab._errors import ConfigError
 from losslab.monitor._attention import AttentionHooks, AttentionLogitsFn, mha_attention_logits
 from losslab.monitor._dist import dist_info
-from losslab.monitor._measure import MonitorMeasure, local_sq_norms, unwrap
+from losslab.monitor._measure import MonitorMeasure, local_sq_norms
 from losslab.monitor._results import MonitorResults
 from losslab.monitor._sinks import CSVSink, JSONLSink, MonitorSink
 from losslab.stability.spikes import NonFiniteDetector, SpikeDetector, SpikeEvent, ZScoreDetector
@@ -268,7 +268,7 @@ class TrainingMonitor(MonitorMeasure, MonitorResults):
             ConfigError: no module matched, or a named module does not exist.
         """
         fn = logits_fn or mha_attention_logits
-        named = dict(unwrap(model).named_modules())
+        named = dict(unwrap_parallel(model).named_modules())
         if modules is None or isinstance(modules, (type, tuple)):
             types = nn.MultiheadAttention if modules is None else modules
             chosen = [n for n, m in named.items() if isinstance(m, types)]  # type: ignore[arg-type]

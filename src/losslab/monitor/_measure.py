@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from losslab._distributed import local_part
+from losslab._distributed import local_part, unwrap_parallel
 from losslab.monitor._attention import AttentionHooks
 from losslab.monitor._dist import MAX, MEAN, PARAM, SHARD, dist_info, reduce_vector
 from losslab.monitor._metrics import (
@@ -26,7 +26,7 @@ from losslab.monitor._metrics import (
 )
 from losslab.stability.spikes import SpikeEvent
 
-__all__ = ["MonitorMeasure", "local_sq_norms", "merge_sharded", "unwrap"]
+__all__ = ["MonitorMeasure", "local_sq_norms", "merge_sharded"]
 
 
 def local_sq_norms(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -54,13 +54,6 @@ def merge_sharded(raw: dict[str, float]) -> dict[str, float]:
         plain = key.replace("~", "")
         raw[plain] = raw.get(plain, 0.0) + value
     return raw
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a ``DataParallel``/``DistributedDataParallel`` wrapper (or the model itself)."""
-    from torch.nn.parallel import DataParallel, DistributedDataParallel
-
-    return model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model
 
 
 class MonitorMeasure:
@@ -109,7 +102,7 @@ class MonitorMeasure:
         """
         if self._params is not None:
             return
-        named = list(unwrap(model).named_parameters())
+        named = list(unwrap_parallel(model).named_parameters())
         self._params = [p for _, p in named]
         layers: dict[str, int] = {}
         self._group_of = []
@@ -171,7 +164,7 @@ class MonitorMeasure:
     def _grad_piece(self) -> dict[str, Any] | None:
         """Squared gradient norms per layer (plain and DTensor parts), non-finite counts and present layers."""
         assert self._params is not None
-        grads, groups, weights, where = [], [], [], []
+        grads, groups, weights, plain_at = [], [], [], []
         present = [False] * len(self._layers)
         for i, (p, g) in enumerate(zip(self._params, self._group_of)):
             if p.grad is None or p.grad.is_sparse:
@@ -180,7 +173,8 @@ class MonitorMeasure:
             grads.append(local)
             groups.append(g)
             weights.append(weight)
-            where.append(i)
+            if weight is None:
+                plain_at.append(i)  # the parameter index of each plain gradient, in order
             present[g] = True
             self._shown[g] = True
         if not grads:
@@ -189,15 +183,15 @@ class MonitorMeasure:
         # NaN/inf entries make the norm NaN/inf; norms are accumulated in float32 (float64), so float16 gradients
         # cannot overflow; a float32 tensor counts only if its norm exceeds 1.8e19 (its square, float32's max)
         bad = ~torch.isfinite(per_tensor)
-        piece: dict[str, Any] = {"plain": per_group, "present": present,
-                                 "nonfinite": bad.sum().to(per_group.dtype).reshape(1)}
+        piece: dict[str, Any] = {"plain": per_group, "present": present}
         if not self.grads_synchronized and dist_info(self.process_group)[1] > 1:
             # shards of one parameter on several ranks (ZeRO, FSDP-1 flat parameters): one flag per parameter,
             # maxed over the ranks, so a tensor counts once however many of its shards hold a NaN
-            plain_at = [i for i, w in zip(where, weights) if w is None]
             flags = torch.zeros(len(self._params), dtype=per_group.dtype, device=per_group.device)
             flags[torch.tensor(plain_at, dtype=torch.long).to(flags.device)] = bad.to(flags.dtype)
             piece["nonfinite_flags"] = flags
+        else:
+            piece["nonfinite"] = bad.sum().to(per_group.dtype).reshape(1)
         if sharded is not None and sharded_tensor is not None:
             piece["sharded"] = sharded
             # one flag per DTensor, maxed over the ranks: a tensor counts once, in one piece or in all of them

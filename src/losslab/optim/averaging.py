@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from losslab._distributed import unwrap_parallel
 from losslab._errors import ConfigError, DataError, NotFittedError
 from losslab.optim._atoms import check_bool, check_int
 
@@ -33,11 +34,10 @@ def running_mean_(averages: Sequence[Tensor], values: Sequence[Tensor], n: int) 
 
 def _unwrap(model: Any) -> nn.Module:
     """The network inside DataParallel/DistributedDataParallel, ``torch.compile`` or a plain ``.module`` holder."""
-    from torch.nn.parallel import DataParallel, DistributedDataParallel
-
     for _ in range(8):
-        if isinstance(model, (DataParallel, DistributedDataParallel)):
-            model = model.module
+        inner = unwrap_parallel(model)
+        if inner is not model:
+            model = inner
         elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
             model = model._orig_mod
         elif not isinstance(model, nn.Module) and isinstance(getattr(model, "module", None), nn.Module):

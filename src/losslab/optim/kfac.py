@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from losslab._distributed import is_dtensor
+from losslab._distributed import is_dtensor, unwrap_parallel
 from losslab._errors import ConfigError, DataError
 from losslab.optim._atoms import check_bool, check_int, check_number
 from losslab.optim._kfac_layers import (
@@ -155,8 +155,7 @@ class KFAC:
                               f"scale, got {type(grad_scaler).__name__}")
         self._grad_scaler = grad_scaler
         self.process_group = process_group
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
+        model = unwrap_parallel(model)
         self._layers, self.skipped = select_layers(model, skip_layers)
         self._steps = 0
         self._handles = [s.module.register_forward_hook(s.hooks(self._collecting, self._output_scale))

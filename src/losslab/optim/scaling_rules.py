@@ -12,7 +12,6 @@ Tune ``lr`` and ``weight_decay`` on a small proxy model, then:
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from losslab._errors import ConfigError, DataError
+from losslab._registry import did_you_mean
 from losslab.optim._atoms import check_int, check_number
 
 __all__ = ["batch_scaled_lr", "top_singular_values", "width_scaled_param_groups"]
@@ -35,8 +35,7 @@ NamedParams = torch.nn.Module | Mapping[str, torch.Tensor] | Iterable[tuple[str,
 def _choice(owner: str, what: str, value: object, choices: tuple[str, ...], hint: str = "") -> str:
     if isinstance(value, str) and value in choices:
         return value
-    close = difflib.get_close_matches(str(value).lower(), choices, n=2, cutoff=0.4)
-    guess = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    guess = did_you_mean(str(value).lower(), choices, n=2, cutoff=0.4, sep=" or ")
     raise ConfigError(f"{owner}: unknown {what} {value!r}; {guess}choose one of "
                       f"{', '.join(repr(c) for c in choices)}{'; ' + hint if hint else ''}")
 
@@ -84,8 +83,8 @@ def _name_selector(owner: str, arg: str, value: Any, names: list[str]) -> Callab
     wanted = set(value)
     unknown = sorted(str(n) for n in wanted - set(names))
     if unknown:
-        close = difflib.get_close_matches(unknown[0], names, n=3, cutoff=0.5)
-        guess = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(unknown[0], names)
+        guess = f"; {hint.rstrip()}" if hint else ""
         raise ConfigError(f"{owner}: {arg} names {', '.join(repr(n) for n in unknown)}, which the model does not "
                           f"have{guess} (names are those of model.named_parameters())")
     return lambda name, p: name in wanted

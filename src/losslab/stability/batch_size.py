@@ -13,7 +13,6 @@ unbiased variances (correction 1), each test returns the batch size it asks for;
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from losslab._errors import ConfigError, DataError
+from losslab._registry import did_you_mean
 from losslab.stability._per_sample import per_sample_gradients
 
 __all__ = ["AdaptiveBatchSize", "BatchSizeTest", "batch_size_test", "per_sample_gradients"]
@@ -33,8 +33,7 @@ Grads = Mapping[str, torch.Tensor] | Sequence[torch.Tensor] | torch.Tensor
 def _check_test(test: object) -> str:
     if isinstance(test, str) and test in TESTS:
         return test
-    close = difflib.get_close_matches(str(test), TESTS, n=2, cutoff=0.4)
-    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    hint = did_you_mean(str(test), TESTS, n=2, cutoff=0.4, sep=" or ")
     raise ConfigError(f"unknown batch-size test {test!r}; {hint}choose one of {', '.join(repr(t) for t in TESTS)}")
 
 
